@@ -1,0 +1,279 @@
+"""MNIST-format data sets: where the files are, whether they are the published ones, and the splits.
+
+Files are looked for, in order, in `data_dir`, in $MNISTLAB_DATA, then in a per-user cache folder.
+A named data set whose files are missing there is downloaded from its public mirrors. Named data sets
+are verified against the published SHA-256 of their decompressed bytes; any other idx data set in a
+folder works too, unverified, with a warning.
+
+The splits follow the lab report's protocol (Keras' `validation_split`): `train` is the first
+60,000 - validation_size training images, `validation` the last validation_size, `full` all of them,
+`test` the 10,000 test images. Images come out as float32 in [0, 1] of shape (n, rows*cols), labels
+as int64, all in memory: the whole data set is 220 MB as float32 and every later stage wants it so.
+"""
+
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mnistlab.download import fetch, sha256_hex
+from mnistlab.errors import DataError
+from mnistlab.idx import parse_images, parse_labels, read_bytes
+
+ENV_VAR = "MNISTLAB_DATA"
+SPLITS = ("train", "validation", "full", "test")
+FILES = {  # role -> file name, without the optional .gz
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+@dataclass(frozen=True)
+class Catalogued:
+    """A data set with published checksums and public mirrors."""
+
+    name: str
+    title: str
+    classes: tuple[str, ...]
+    sha256: dict[str, str]  # file name -> SHA-256 of its decompressed bytes
+    mirrors: tuple[str, ...]
+
+
+CATALOG = {
+    "mnist": Catalogued(
+        name="mnist",
+        title="MNIST handwritten digits",
+        classes=tuple("0123456789"),
+        sha256={
+            "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        },
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+            "http://yann.lecun.com/exdb/mnist/",
+        ),
+    ),
+    "fashion-mnist": Catalogued(
+        name="fashion-mnist",
+        title="Fashion-MNIST (Zalando Research)",
+        classes=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
+        sha256={
+            "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        },
+        mirrors=(
+            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+            "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
+        ),
+    ),
+}
+
+
+@dataclass
+class Dataset:
+    """The four files of an MNIST-format data set, loaded and checked."""
+
+    name: str  # a catalog name, or the folder's name for an unnamed data set
+    classes: tuple[str, ...]
+    folder: Path
+    folder_origin: str  # how the folder was chosen: --data-dir, $MNISTLAB_DATA or the cache
+    files: dict[str, Path]  # role -> the file read
+    verified: bool  # checksums matched the published ones
+    image_shape: tuple[int, int]
+    train_images: torch.Tensor = field(repr=False)  # (60000, rows*cols) float32 in [0, 1]
+    train_labels: torch.Tensor = field(repr=False)  # (60000,) int64
+    test_images: torch.Tensor = field(repr=False)
+    test_labels: torch.Tensor = field(repr=False)
+    validation_size: int = 10_000
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) of `train`, `validation`, `full` or `test`; views, never copies."""
+        n_train = len(self.train_labels) - self.validation_size
+        if name == "train":
+            return self.train_images[:n_train], self.train_labels[:n_train]
+        if name == "validation":
+            return self.train_images[n_train:], self.train_labels[n_train:]
+        if name == "full":
+            return self.train_images, self.train_labels
+        if name == "test":
+            return self.test_images, self.test_labels
+        raise ValueError(f"unknown split {name!r}; the splits are {', '.join(SPLITS)}")
+
+    def class_counts(self, split: str) -> list[int]:
+        return torch.bincount(self.split(split)[1], minlength=len(self.classes)).tolist()
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mnistlab"
+
+
+def locate(name: str | None, data_dir: Path | None = None) -> tuple[Path, str]:
+    """The folder to read `name` from and how it was chosen (see the module's docstring)."""
+    if data_dir is not None:
+        return Path(data_dir).expanduser(), "--data-dir"
+    if env := os.environ.get(ENV_VAR):
+        # $MNISTLAB_DATA holds the four files, or one folder per data set.
+        root = Path(env).expanduser()
+        nested = root / (name or "mnist")
+        return (nested if nested.is_dir() else root), f"${ENV_VAR}"
+    return cache_dir() / (name or "mnist"), "the user cache"
+
+
+def load(
+    name: str | None = "mnist",
+    data_dir: Path | None = None,
+    validation_size: int = 10_000,
+    download: bool = True,
+    progress: bool = True,
+) -> Dataset:
+    """Find, fetch if needed, verify and load a data set.
+
+    `name` is a catalog name, or None to identify the files in `data_dir` by their checksums (an
+    unknown data set then loads unverified, with a warning).
+    """
+    if name is not None and name not in CATALOG:
+        raise DataError(f"unknown data set {name!r}; known: {', '.join(CATALOG)} (or --data-dir DIR)")
+    if name is None and data_dir is None:
+        name = "mnist"
+    folder, origin = locate(name, data_dir)
+    files = _find_files(folder)
+    missing = [stem for stem, path in files.items() if path is None]
+    if missing:
+        if name is None or not download:
+            raise DataError(_missing_message(folder, missing))
+        _download(CATALOG[name], folder, missing, progress)
+        files = _find_files(folder)
+
+    contents = _read_all(files)
+    digests = _digests(contents)
+    entry, verified = _identify(name, folder, files, digests)
+    train_x, train_y = _pair(contents, files, "train")
+    test_x, test_y = _pair(contents, files, "test")
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise DataError(
+            f"{folder}: training images are {'x'.join(map(str, train_x.shape[1:]))}, "
+            f"test images {'x'.join(map(str, test_x.shape[1:]))}"
+        )
+    if not 0 < validation_size < len(train_y):
+        raise DataError(f"validation size {validation_size} must be between 1 and {len(train_y) - 1}")
+    return Dataset(
+        name=entry.name if entry else folder.name,
+        classes=entry.classes if entry else tuple(str(c) for c in range(10)),
+        folder=folder,
+        folder_origin=origin,
+        files={role: files[stem] for role, stem in FILES.items()},
+        verified=verified,
+        image_shape=tuple(train_x.shape[1:]),
+        train_images=_to_float(train_x),
+        train_labels=torch.from_numpy(train_y.astype(np.int64)),
+        test_images=_to_float(test_x),
+        test_labels=torch.from_numpy(test_y.astype(np.int64)),
+        validation_size=validation_size,
+    )
+
+
+def _find_files(folder: Path) -> dict[str, Path | None]:
+    found = {}
+    for stem in FILES.values():
+        candidates = [folder / f"{stem}.gz", folder / stem]
+        found[stem] = next((p for p in candidates if p.is_file()), None)
+    return found
+
+
+def _missing_message(folder: Path, missing: list[str]) -> str:
+    if not folder.is_dir():
+        return f"{folder}: no such folder"
+    return f"{folder}: missing {', '.join(missing)} (gzip-compressed .gz or raw)"
+
+
+def _download(entry: Catalogued, folder: Path, missing: list[str], progress: bool) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for stem in missing:
+            fetch(f"{stem}.gz", entry.mirrors, folder / f"{stem}.gz", entry.sha256[stem], progress)
+    except (DataError, OSError) as exc:
+        wanted = ", ".join(f"{stem}.gz" for stem in FILES.values())
+        raise DataError(
+            f"{entry.name} is not in {folder} and could not be downloaded ({exc}). "
+            f"Put {wanted} there, or point --data-dir or ${ENV_VAR} at a folder holding them"
+        ) from None
+
+
+def _read_all(files: dict[str, Path]) -> dict[str, bytes]:
+    # zlib and hashlib release the GIL, so four threads decompress and hash the files in parallel.
+    with ThreadPoolExecutor(max_workers=len(files)) as pool:
+        return dict(zip(files, pool.map(read_bytes, files.values()), strict=True))
+
+
+def _digests(contents: dict[str, bytes]) -> dict[str, str]:
+    with ThreadPoolExecutor(max_workers=len(contents)) as pool:
+        return dict(zip(contents, pool.map(sha256_hex, contents.values()), strict=True))
+
+
+_warned_unverified: set[Path] = set()
+
+
+def _identify(
+    name: str | None, folder: Path, files: dict[str, Path], digests: dict[str, str]
+) -> tuple[Catalogued | None, bool]:
+    """The catalog entry these files are, and whether they passed its checksums."""
+    if name is None:
+        # An unnamed folder is the catalog entry that any of its files matches, else unknown.
+        name = next((n for n, e in CATALOG.items() if set(digests.values()) & set(e.sha256.values())), None)
+        if name is None:
+            if folder not in _warned_unverified:
+                _warned_unverified.add(folder)
+                warnings.warn(
+                    f"{folder}: not a catalogued data set; checksums skipped", UnverifiedDataWarning, stacklevel=3
+                )
+            return None, False
+    entry = CATALOG[name]
+    for stem, digest in digests.items():
+        if digest != entry.sha256[stem]:
+            raise DataError(
+                f"{files[stem]}: SHA-256 of decompressed bytes is {digest}, "
+                f"expected {entry.sha256[stem]} (published for {name})"
+            )
+    return entry, True
+
+
+def _pair(contents: dict[str, bytes], files: dict[str, Path], part: str) -> tuple[np.ndarray, np.ndarray]:
+    images_stem, labels_stem = FILES[f"{part}_images"], FILES[f"{part}_labels"]
+    images = parse_images(contents[images_stem], files[images_stem].name)
+    labels = parse_labels(contents[labels_stem], files[labels_stem].name)
+    if len(images) != len(labels):
+        raise DataError(
+            f"{files[images_stem].name} has {len(images)} images but {files[labels_stem].name} has {len(labels)} labels"
+        )
+    return images, labels
+
+
+def _to_float(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images.reshape(len(images), -1).astype(np.float32)).div_(255.0)
+
+
+class UnverifiedDataWarning(UserWarning):
+    """Loaded a data set that has no published checksums."""

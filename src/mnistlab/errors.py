@@ -1,0 +1,13 @@
+"""The errors a user can fix. The CLI prints each as one line and exits non-zero."""
+
+
+class MnistlabError(Exception):
+    """Base of every error mnistlab raises on purpose."""
+
+
+class DataError(MnistlabError):
+    """A data file is missing, unreadable, malformed, or fails its checksum."""
+
+
+class ConfigError(MnistlabError):
+    """A preset, a config file or a command-line override is wrong."""
