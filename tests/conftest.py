@@ -2,6 +2,7 @@
 checkout (or $MNISTLAB_DATA for MNIST); outside CI they skip when the data is absent, in CI
 (CI=true) they fail, so a misconfigured CI cannot pass by skipping."""
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -55,3 +56,16 @@ def make_idx_folder(folder: Path, n_train=60, n_test=20, shape=(28, 28), gz=True
     for stem, array in arrays.items():
         write_idx(folder / (f"{stem}.gz" if gz else stem), array)
     return arrays
+
+
+@pytest.fixture(scope="session")
+def small_mnist(mnist) -> data.Dataset:
+    """The first 6,000 training images (the last 1,000 of them for validation) and 1,000 test images."""
+    return dataclasses.replace(
+        mnist,
+        train_images=mnist.train_images[:6000],
+        train_labels=mnist.train_labels[:6000],
+        test_images=mnist.test_images[:1000],
+        test_labels=mnist.test_labels[:1000],
+        validation_size=1000,
+    )

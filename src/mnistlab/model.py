@@ -1,0 +1,277 @@
+"""The multi-layer perceptron of the lab report, as a stack of M independent models.
+
+Every model mnistlab trains is a member of a stack: M models of one architecture whose parameters
+live in one (M, P) tensor, so that the presets and seeds that differ only in numbers (penalties,
+dropout rates, seeds) train together with batched matmuls. A single model is a stack of one.
+
+Parameters are flat so that the optimizer updates all of them in a few fused operations; `layers`
+gives the (M, in, out) kernel and (M, 1, out) bias views into it. The backward pass is written out by
+hand (it is short for an MLP) so that one training step, Adam included, is a single graph that
+`torch.compile` fuses, with no autograd bookkeeping per step. `test_model.py` checks it against autograd.
+
+Keras conventions throughout, so the report's recipes behave as they did in Keras: Glorot-uniform
+kernels and zero biases, inverted dropout *before* each Dense layer, L1/L2 penalties on kernels only
+(`l1 * sum|W| + l2 * sum W**2`), softmax cross-entropy.
+"""
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from mnistlab.errors import MnistlabError
+from mnistlab.files import atomic_path
+
+ACTIVATIONS = ("relu", "sigmoid", "tanh")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the members of a stack share: layer widths and the hidden activation."""
+
+    inputs: int
+    hidden: tuple[int, ...]
+    classes: int = 10
+    activation: str = "relu"
+
+    @property
+    def shapes(self) -> list[tuple[int, int]]:
+        widths = [self.inputs, *self.hidden, self.classes]
+        return list(zip(widths[:-1], widths[1:], strict=True))
+
+    @property
+    def num_params(self) -> int:
+        return sum(n_in * n_out + n_out for n_in, n_out in self.shapes)
+
+
+@dataclass(frozen=True)
+class Regularization:
+    """Per-member numbers of a stack, as (M,) tensors; dropout rates are (M, layers), before each Dense."""
+
+    dropout: torch.Tensor
+    l1: torch.Tensor
+    l2: torch.Tensor
+
+    @classmethod
+    def of(cls, arch: Architecture, members: list[dict], device: torch.device) -> "Regularization":
+        """From per-member dicts with input_dropout, dropout (after each hidden layer), l1 and l2."""
+        rates = [[m["input_dropout"]] + [m["dropout"]] * len(arch.hidden) for m in members]
+        return cls(
+            dropout=torch.tensor(rates, dtype=torch.float32, device=device),
+            l1=torch.tensor([m["l1"] for m in members], dtype=torch.float32, device=device),
+            l2=torch.tensor([m["l2"] for m in members], dtype=torch.float32, device=device),
+        )
+
+
+def layers(params: torch.Tensor, arch: Architecture) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(kernel (M, in, out), bias (M, 1, out)) views of each Dense layer in flat (M, P) parameters."""
+    views, offset = [], 0
+    for n_in, n_out in arch.shapes:
+        kernel = params[:, offset : offset + n_in * n_out].view(-1, n_in, n_out)
+        offset += n_in * n_out
+        bias = params[:, offset : offset + n_out].view(-1, 1, n_out)
+        offset += n_out
+        views.append((kernel, bias))
+    return views
+
+
+def init_params(arch: Architecture, seeds: list[int], device: torch.device) -> torch.Tensor:
+    """Glorot-uniform kernels and zero biases, member m drawn from its own seed alone."""
+    params = torch.zeros(len(seeds), arch.num_params)
+    for member, seed in enumerate(seeds):
+        generator = torch.Generator().manual_seed(seed)
+        for kernel, _ in layers(params[member : member + 1], arch):
+            limit = math.sqrt(6.0 / (kernel.shape[1] + kernel.shape[2]))
+            kernel.uniform_(-limit, limit, generator=generator)
+    return params.to(device)
+
+
+def _activate(z: torch.Tensor, activation: str) -> torch.Tensor:
+    if activation == "relu":
+        return torch.relu(z)
+    if activation == "sigmoid":
+        return torch.sigmoid(z)
+    return torch.tanh(z)
+
+
+def _activation_grad(a: torch.Tensor, activation: str) -> torch.Tensor:
+    """d activation / dz, from the activation's output a."""
+    if activation == "relu":
+        return (a > 0).to(a.dtype)
+    if activation == "sigmoid":
+        return a * (1 - a)
+    return 1 - a * a
+
+
+def logits(params: torch.Tensor, arch: Architecture, x: torch.Tensor) -> torch.Tensor:
+    """(M, n, classes) logits of every member for inputs x of shape (n, inputs), dropout off."""
+    h = x
+    for index, (kernel, bias) in enumerate(layers(params, arch)):
+        z = torch.matmul(h, kernel) + bias  # (n, in) @ (M, in, out) broadcasts over members
+        h = _activate(z, arch.activation) if index < len(arch.hidden) else z
+    return h
+
+
+def penalty(params: torch.Tensor, arch: Architecture, reg: Regularization) -> torch.Tensor:
+    """(M,) L1 + L2 penalty on the kernels, as Keras adds it to the loss."""
+    total = torch.zeros(params.shape[0], device=params.device)
+    for kernel, _ in layers(params, arch):
+        total = total + reg.l1 * kernel.abs().sum((1, 2)) + reg.l2 * kernel.square().sum((1, 2))
+    return total
+
+
+@torch.no_grad()
+def evaluate(
+    params: torch.Tensor, arch: Architecture, reg: Regularization, x: torch.Tensor, y: torch.Tensor, chunk: int = 10_000
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M,) clean loss (penalty included, as Keras' evaluate reports it) and accuracy on (x, y)."""
+    nll = torch.zeros(params.shape[0], device=params.device)
+    correct = torch.zeros(params.shape[0], device=params.device)
+    for start in range(0, len(y), chunk):
+        out = logits(params, arch, x[start : start + chunk])
+        target = y[start : start + chunk].expand(out.shape[0], -1)
+        nll += torch.nn.functional.cross_entropy(out.transpose(1, 2), target, reduction="none").sum(1)
+        correct += (out.argmax(-1) == target).sum(1)
+    return nll / len(y) + penalty(params, arch, reg), correct / len(y)
+
+
+# Dropout masks are a pure function of (member key, step, layer, position): the n-th output of a
+# SplitMix64 stream. So a member draws the same masks whether it trains alone or in a stack, eager
+# or compiled, and the compiler generates them inside the fused kernel with no memory traffic.
+_GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)  # the constants as signed int64: torch has no uint64 math
+_MIX1 = 0xBF58476D1CE4E5B9 - (1 << 64)
+_MIX2 = 0x94D049BB133111EB - (1 << 64)
+KEEP_BITS = 24  # masks compare 24 random bits against round(rate * 2**24)
+
+
+def _shift_right(x: torch.Tensor, n: int) -> torch.Tensor:
+    return (x >> n) & ((1 << (64 - n)) - 1)  # logical, not arithmetic, shift
+
+
+def random_bits(keys: torch.Tensor, step: torch.Tensor, layer: int, num_layers: int, shape) -> torch.Tensor:
+    """(M, rows, cols) int64 of KEEP_BITS uniform random bits for each member's key (M,)."""
+    rows, cols = shape
+    position = torch.arange(rows * cols, device=keys.device, dtype=torch.int64).view(1, rows, cols)
+    counter = ((step * num_layers + layer) << 32) + position
+    z = keys.view(-1, 1, 1) + counter * _GOLDEN
+    z = (z ^ _shift_right(z, 30)) * _MIX1
+    z = (z ^ _shift_right(z, 27)) * _MIX2
+    z = z ^ _shift_right(z, 31)
+    return _shift_right(z, 64 - KEEP_BITS)
+
+
+def loss_and_grads(
+    params: torch.Tensor,
+    arch: Architecture,
+    reg: Regularization,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    keys: torch.Tensor,
+    step: torch.Tensor,
+    dropout_layers: tuple[int, ...],
+    penalties: tuple[bool, bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One training batch for every member: (loss (M,), correct predictions (M,), gradient (M, P)).
+
+    x is (M, B, inputs) and y (M, B): each member sees its own batch. `dropout_layers` and
+    `penalties` (any L1, any L2) say which parts any member uses, so the rest is not computed.
+    """
+    weights = layers(params, arch)
+    num_layers = len(weights)
+    inputs, masks, outputs = [], {}, []  # per layer: what fed the kernel, dropout scale masks, activations
+    h = x
+    for index, (kernel, bias) in enumerate(weights):
+        if index in dropout_layers:
+            rate = reg.dropout[:, index].view(-1, 1, 1)
+            threshold = torch.round(rate * (1 << KEEP_BITS)).to(torch.int64)
+            keep = random_bits(keys, step, index, num_layers, h.shape[1:]) >= threshold
+            masks[index] = keep.to(h.dtype) / (1 - rate)
+            h = h * masks[index]
+        inputs.append(h)
+        z = torch.baddbmm(bias, h, kernel)
+        h = _activate(z, arch.activation) if index < num_layers - 1 else z
+        outputs.append(h)
+
+    log_probs = torch.log_softmax(h, dim=-1)
+    nll = -log_probs.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    correct = (h.argmax(-1) == y).sum(1)
+    batch = y.shape[1]
+    grad_z = (log_probs.exp() - torch.nn.functional.one_hot(y, arch.classes).to(h.dtype)) / batch
+
+    grads = []
+    for index in reversed(range(num_layers)):
+        kernel, _ = weights[index]
+        grad_kernel = torch.bmm(inputs[index].transpose(1, 2), grad_z)
+        if penalties[0]:
+            grad_kernel = grad_kernel + reg.l1.view(-1, 1, 1) * torch.sign(kernel)
+        if penalties[1]:
+            grad_kernel = grad_kernel + 2 * reg.l2.view(-1, 1, 1) * kernel
+        grads += [grad_z.sum(1), grad_kernel.flatten(1)]  # reversed below into (kernel, bias) order
+        if index > 0:
+            grad_h = torch.bmm(grad_z, kernel.transpose(1, 2))
+            if index in masks:
+                grad_h = grad_h * masks[index]
+            grad_z = grad_h * _activation_grad(outputs[index - 1], arch.activation)
+
+    loss = nll.mean(1)
+    if any(penalties):
+        loss = loss + penalty(params, arch, reg)
+    return loss, correct, torch.cat(grads[::-1], dim=1)
+
+
+def summary(arch: Architecture, input_dropout: float, dropout: float) -> str:
+    """A table like Keras' model.summary(): layer, output shape, parameters, totals."""
+    rows = []
+    for index, (n_in, n_out) in enumerate(arch.shapes):
+        rate = input_dropout if index == 0 else dropout
+        if rate:
+            rows.append((f"dropout_{index} (Dropout, rate {rate:g})", f"(None, {n_in})", 0))
+        act = arch.activation if index < len(arch.hidden) else "softmax"
+        rows.append((f"dense_{index} (Dense, {act})", f"(None, {n_out})", n_in * n_out + n_out))
+    widths = (max(34, *(len(r[0]) for r in rows)) + 2, 16, 12)
+    rule = "-" * sum(widths)
+    lines = [
+        rule,
+        f"{'Layer (type)':<{widths[0]}}{'Output Shape':<{widths[1]}}{'Param #':>{widths[2]}}",
+        "=" * len(rule),
+    ]
+    lines += [f"{name:<{widths[0]}}{shape:<{widths[1]}}{count:>{widths[2]},}" for name, shape, count in rows]
+    lines += [
+        "=" * len(rule),
+        f"Total params: {arch.num_params:,}",
+        f"Trainable params: {arch.num_params:,}",
+        "Non-trainable params: 0",
+        rule,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def save(path: Path, params: torch.Tensor, arch: Architecture, extra: dict | None = None) -> None:
+    """One member's flat (P,) parameters as safetensors, Keras-named, with the architecture as metadata."""
+    tensors = {}
+    for index, (kernel, bias) in enumerate(layers(params.detach().cpu().view(1, -1), arch)):
+        tensors[f"dense_{index}.kernel"] = kernel[0].contiguous()
+        tensors[f"dense_{index}.bias"] = bias[0, 0].contiguous()
+    metadata = {"architecture": json.dumps(asdict(arch)), **{k: json.dumps(v) for k, v in (extra or {}).items()}}
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata=metadata)
+
+
+def load(path: Path) -> tuple[torch.Tensor, Architecture]:
+    """The flat (P,) parameters and architecture of a model written by `save`."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            spec = json.loads(f.metadata()["architecture"])
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
+        arch = Architecture(spec["inputs"], tuple(spec["hidden"]), spec["classes"], spec["activation"])
+        parts = [tensors[f"dense_{i}.{part}"].flatten() for i in range(len(arch.shapes)) for part in ("kernel", "bias")]
+    except (OSError, SafetensorError, KeyError, ValueError, TypeError) as exc:
+        raise MnistlabError(f"{path}: not a mnistlab model ({exc})") from None
+    params = torch.cat(parts)
+    if params.numel() != arch.num_params:
+        raise MnistlabError(f"{path}: {params.numel()} parameters, its architecture needs {arch.num_params}")
+    return params, arch

@@ -1,0 +1,123 @@
+import pytest
+import torch
+
+from mnistlab import model
+from mnistlab.errors import MnistlabError
+from mnistlab.model import Architecture, Regularization
+
+FINAL = Architecture(784, (128, 128, 64, 64, 32))
+
+
+def test_final_model_parameter_counts_and_summary():
+    counts = [n_in * n_out + n_out for n_in, n_out in FINAL.shapes]
+    assert counts == [100480, 16512, 8256, 4160, 2080, 330]
+    assert FINAL.num_params == 131_818
+    text = model.summary(FINAL, input_dropout=0.1, dropout=0.1)
+    dense = [line for line in text.splitlines() if "(Dense" in line]
+    assert [int(line.split()[-1].replace(",", "")) for line in dense] == counts
+    assert sum("(Dropout" in line for line in text.splitlines()) == 6
+    assert "Total params: 131,818" in text
+
+
+def test_layers_are_views_into_flat_params():
+    params = torch.zeros(2, FINAL.num_params)
+    kernel, bias = model.layers(params, FINAL)[1]
+    kernel[1, 0, 0] = 3.0
+    bias[0, 0, 5] = 4.0
+    assert params[1, 100480] == 3.0 and params[0, 100480 + 16384 + 5] == 4.0
+
+
+def test_glorot_uniform_init_depends_only_on_the_members_seed():
+    alone = model.init_params(FINAL, [7], torch.device("cpu"))
+    stacked = model.init_params(FINAL, [3, 7], torch.device("cpu"))
+    assert torch.equal(alone[0], stacked[1]) and not torch.equal(stacked[0], stacked[1])
+    kernel, bias = model.layers(alone, FINAL)[0]
+    limit = (6 / (784 + 128)) ** 0.5
+    assert kernel.abs().max() <= limit and kernel.abs().max() > 0.95 * limit
+    assert torch.all(bias == 0)
+
+
+def _regularization(stack, arch, rates, l1, l2):
+    members = [{"input_dropout": r, "dropout": r, "l1": a, "l2": b} for r, a, b in zip(rates, l1, l2, strict=True)]
+    return Regularization.of(arch, members[:stack], torch.device("cpu"))
+
+
+def _reference(params, arch, reg, x, y, keys, step, activation):
+    """Loss and gradient by autograd, member by member, with the same dropout masks."""
+    losses, grads = [], []
+    for m in range(params.shape[0]):
+        p = params[m : m + 1].clone().requires_grad_(True)
+        h = x[m : m + 1]
+        for index, (kernel, bias) in enumerate(model.layers(p, arch)):
+            rate = reg.dropout[m, index].item()
+            if rate:
+                bits = model.random_bits(keys[m : m + 1], step, index, len(arch.shapes), h.shape[1:])
+                h = h * (bits >= round(rate * 2**model.KEEP_BITS)) / (1 - rate)
+            h = h @ kernel + bias
+            if index < len(arch.hidden):
+                h = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}[activation](h)
+        loss = torch.nn.functional.cross_entropy(h[0], y[m])
+        for kernel, _ in model.layers(p, arch):
+            loss = loss + reg.l1[m] * kernel.abs().sum() + reg.l2[m] * kernel.square().sum()
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(p.grad[0])
+    return torch.stack(losses), torch.stack(grads)
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
+def test_hand_written_backward_matches_autograd(activation):
+    arch = Architecture(20, (16, 8), classes=10, activation=activation)
+    torch.manual_seed(0)
+    params = torch.randn(3, arch.num_params) * 0.3
+    reg = _regularization(3, arch, rates=[0.0, 0.2, 0.5], l1=[0.0, 1e-3, 0.0], l2=[1e-2, 0.0, 1e-3])
+    x, y = torch.rand(3, 12, 20), torch.randint(0, 10, (3, 12))
+    keys, step = torch.tensor([11, 22, 33]), torch.tensor(5)
+    loss, correct, grad = model.loss_and_grads(params, arch, reg, x, y, keys, step, (0, 1, 2), (True, True))
+    ref_loss, ref_grad = _reference(params, arch, reg, x, y, keys, step, activation)
+    torch.testing.assert_close(loss, ref_loss)
+    torch.testing.assert_close(grad, ref_grad)
+    assert correct.shape == (3,) and 0 <= correct.min() and correct.max() <= 12
+
+
+def test_penalty_matches_hand_computation():
+    arch = Architecture(2, (2,), classes=2)
+    # kernel 0 = [[1, -2], [3, -4]], bias 0 = [5, 6], kernel 1 = [[-1, 1], [-1, 1]], bias 1 = [7, 8]
+    params = torch.tensor([[1.0, -2, 3, -4, 5, 6, -1, 1, -1, 1, 7, 8]])
+    reg = _regularization(1, arch, rates=[0.0], l1=[0.01], l2=[0.001])
+    # biases excluded: sum|W| = 10 + 4 = 14, sum W^2 = 30 + 4 = 34
+    assert model.penalty(params, arch, reg).item() == pytest.approx(0.01 * 14 + 0.001 * 34)
+    x, y = torch.tensor([[0.5, -0.5]]), torch.tensor([1])
+    loss, _ = model.evaluate(params, arch, reg, x, y)
+    logits = model.logits(params, arch, x)[0]
+    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item() + 0.174)
+
+
+def test_dropout_bits_are_uniform_and_private_to_each_member():
+    step = torch.tensor(3)
+    alone = model.random_bits(torch.tensor([42]), step, 1, 6, (256, 128))
+    stacked = model.random_bits(torch.tensor([7, 42]), step, 1, 6, (256, 128))
+    assert torch.equal(alone[0], stacked[1]) and not torch.equal(stacked[0], stacked[1])
+    assert not torch.equal(alone, model.random_bits(torch.tensor([42]), step + 1, 1, 6, (256, 128)))
+    assert not torch.equal(alone, model.random_bits(torch.tensor([42]), step, 2, 6, (256, 128)))
+    keep = (alone >= round(0.1 * 2**model.KEEP_BITS)).float().mean().item()
+    assert keep == pytest.approx(0.9, abs=0.005)
+    assert alone.min() >= 0 and alone.max() < 2**model.KEEP_BITS
+
+
+def test_compiled_dropout_bits_equal_eager():
+    def bits(keys, step):
+        return model.random_bits(keys, step, 2, 6, (32, 64))
+
+    keys, step = torch.tensor([123456789012345, -5]), torch.tensor(77)
+    assert torch.equal(torch.compile(bits)(keys, step), bits(keys, step))
+
+
+def test_save_and_load_round_trip(tmp_path):
+    params = model.init_params(FINAL, [1], torch.device("cpu"))[0]
+    model.save(tmp_path / "m.safetensors", params, FINAL, {"preset": "final"})
+    loaded, arch = model.load(tmp_path / "m.safetensors")
+    assert arch == FINAL and torch.equal(loaded, params)
+    (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    with pytest.raises(MnistlabError, match="bad.safetensors: not a mnistlab model"):
+        model.load(tmp_path / "bad.safetensors")

@@ -1,0 +1,164 @@
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from mnistlab import model
+from mnistlab.model import Architecture, Regularization
+from mnistlab.train import (
+    ADAM_EPSILON,
+    EarlyStopping,
+    Engine,
+    Member,
+    _Stopper,
+    fit,
+    seed_for,
+    train_protocol,
+    train_step,
+)
+
+SMALL = Architecture(784, (32, 16))
+EAGER = Engine(compile=False)
+
+
+def _toy_data(n=256, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 784, generator=generator), torch.randint(0, 10, (n,), generator=generator)
+
+
+def test_adam_follows_keras_formula():
+    """Three steps against Keras' Adam written out: m, v, then lr * sqrt(1-b2^t)/(1-b1^t) * m/(sqrt(v)+eps)."""
+    x, y = _toy_data(32)
+    member = Member(seed=3, learning_rate=0.01, epochs=1, l2=1e-3)
+    reg = Regularization.of(SMALL, [vars(member)], torch.device("cpu"))
+    params = model.init_params(SMALL, [member.seed], torch.device("cpu"))
+    adam_m, adam_v, beta_powers = torch.zeros_like(params), torch.zeros_like(params), torch.ones(2)
+    batch, step, keys = torch.arange(32).view(1, 32), torch.zeros((), dtype=torch.int64), torch.tensor([1])
+    totals = (torch.zeros(1), torch.zeros(1))
+    expected, m, v = params.clone(), torch.zeros_like(params), torch.zeros_like(params)
+    for t in range(1, 4):
+        _, _, grad = model.loss_and_grads(expected, SMALL, reg, x[batch], y[batch], keys, step, (), (False, True))
+        m = 0.9 * m + 0.1 * grad
+        v = 0.999 * v + 0.001 * grad**2
+        expected = expected - 0.01 * math.sqrt(1 - 0.999**t) / (1 - 0.9**t) * m / (v.sqrt() + ADAM_EPSILON)
+        train_step(
+            params,
+            adam_m,
+            adam_v,
+            beta_powers,
+            x,
+            y,
+            batch,
+            step,
+            keys,
+            torch.tensor([0.01]),
+            torch.ones(1),
+            reg,
+            totals,
+            arch=SMALL,
+            dropout_layers=(),
+            penalties=(False, True),
+        )
+        torch.testing.assert_close(params, expected)
+    assert step.item() == 3
+
+
+def test_lockstep_equals_separate_runs():
+    train, evaluation = _toy_data(200, seed=1), _toy_data(64, seed=2)
+    members = [
+        Member(seed=0, learning_rate=1e-3, epochs=2, input_dropout=0.1, dropout=0.2),
+        Member(seed=1, learning_rate=3e-3, epochs=1, l2=1e-3),
+        Member(seed=2, learning_rate=1e-4, epochs=2, l1=1e-4, dropout=0.5),
+    ]
+    stacked = fit(SMALL, members, train, evaluation, 32, 1, EAGER)
+    for member, together in zip(members, stacked, strict=True):
+        (alone,) = fit(SMALL, [member], train, evaluation, 32, 1, EAGER)
+        torch.testing.assert_close(together.params, alone.params, rtol=1e-5, atol=1e-6)
+        assert together.epochs == alone.epochs == member.epochs
+        for a, b in zip(together.history, alone.history, strict=True):
+            assert a.loss == pytest.approx(b.loss, rel=1e-5) and a.eval_loss == pytest.approx(b.eval_loss, rel=1e-5)
+
+
+def test_a_finished_member_is_frozen_while_others_train():
+    train, evaluation = _toy_data(96), _toy_data(32, seed=3)
+    short, long = Member(seed=0, learning_rate=1e-3, epochs=1), Member(seed=0, learning_rate=1e-3, epochs=3)
+    frozen, _ = fit(SMALL, [short, long], train, evaluation, 32, 1, EAGER)
+    (one_epoch,) = fit(SMALL, [short], train, evaluation, 32, 1, EAGER)
+    assert torch.equal(frozen.params, one_epoch.params) and frozen.epochs == 1
+
+
+def _memorise_then_diverge():
+    """Training labels y; 'validation' the same images with other labels: its loss rises as training fits y."""
+    x, y = _toy_data(128, seed=5)
+    return (x, y), (x, (y + 1) % 10)
+
+
+def test_early_stopping_stops_and_restores_the_best_epoch():
+    train, evaluation = _memorise_then_diverge()
+    rule = EarlyStopping(monitor="val_loss", patience=2)
+    member = Member(seed=4, learning_rate=1e-2, epochs=20, early_stopping=rule)
+    (result,) = fit(SMALL, [member], train, evaluation, 32, 1, EAGER)
+    losses = [e.eval_loss for e in result.history]
+    best = 1 + losses.index(min(losses))
+    assert result.stopped_early and result.epochs == best + 2 < 20
+    assert result.best_epoch == best
+    (until_best,) = fit(SMALL, [replace(member, epochs=best, early_stopping=None)], train, evaluation, 32, 1, EAGER)
+    assert torch.equal(result.params, until_best.params)
+
+
+def test_best_weights_restored_also_when_the_last_epoch_ends_the_run():
+    train, evaluation = _memorise_then_diverge()
+    member = Member(seed=4, learning_rate=1e-2, epochs=4, early_stopping=EarlyStopping(patience=10))
+    (result,) = fit(SMALL, [member], train, evaluation, 32, 1, EAGER)
+    assert not result.stopped_early and result.epochs == 4 and result.best_epoch < 4
+    (until_best,) = fit(
+        SMALL, [replace(member, epochs=result.best_epoch, early_stopping=None)], train, evaluation, 32, 1, EAGER
+    )
+    assert torch.equal(result.params, until_best.params)
+
+
+def test_stopper_follows_keras_rules():
+    stopper = _Stopper(EarlyStopping(monitor="val_loss", patience=1, min_delta=0.1))
+    assert stopper.update(1, 1.0) == (True, False)
+    assert stopper.update(2, 0.95) == (False, True)  # not better by min_delta; patience 1 used up
+    accuracy = _Stopper(EarlyStopping(monitor="val_accuracy", patience=0))
+    assert accuracy.update(1, 0.5) == (True, False)
+    assert accuracy.update(2, 0.6) == (True, False)
+    assert accuracy.update(3, 0.55) == (False, True) and accuracy.best_epoch == 2
+
+
+def test_short_real_run_is_deterministic_and_learns(mnist):
+    """The compiled engine, twice, on a real subset: identical histories and > 90% validation accuracy."""
+    x, y = mnist.split("train")
+    member = Member(seed=0, learning_rate=1e-3, epochs=3, dropout=0.1)
+    runs = [
+        fit(SMALL, [member], (x[:10_000], y[:10_000]), mnist.split("validation"), 32, 1, Engine())[0] for _ in range(2)
+    ]
+    assert runs[0].history[-1].eval_accuracy > 0.90
+    assert [(e.loss, e.accuracy, e.eval_loss, e.eval_accuracy) for e in runs[0].history] == [
+        (e.loss, e.accuracy, e.eval_loss, e.eval_accuracy) for e in runs[1].history
+    ]
+    assert torch.equal(runs[0].params, runs[1].params)
+
+
+def test_protocol_retrains_for_the_epochs_phase_one_ran(small_mnist):
+    rule = EarlyStopping(patience=1)
+    members = [
+        Member(seed=0, learning_rate=1e-2, epochs=30, early_stopping=rule),
+        Member(seed=1, learning_rate=1e-3, epochs=2),
+    ]
+    early, plain = train_protocol(SMALL, members, small_mnist, 64, EAGER)
+    assert early.metrics["epochs"]["phase2"] == early.phase1.epochs < 30
+    assert early.metrics["early_stopping"]["stopped_early"]
+    assert plain.metrics["epochs"] == {"phase1": 2, "phase2": 2}
+    assert [e.eval_loss for e in plain.phase2.history] != [e.eval_loss for e in plain.phase1.history]
+    for split in ("train", "validation", "full", "test"):
+        assert 0.5 < plain.metrics[split]["accuracy"] <= 1 and plain.metrics[split]["loss"] > 0
+    assert plain.metrics["validation"]["loss"] == pytest.approx(plain.phase1.history[-1].eval_loss, rel=1e-5)
+    assert plain.metrics["test"]["accuracy"] == pytest.approx(plain.phase2.history[-1].eval_accuracy)
+
+
+def test_random_streams_are_independent():
+    seeds = {seed_for(s, stream) for s in range(3) for stream in ("init", "shuffle-1", "shuffle-2", "dropout-1")}
+    assert len(seeds) == 12 and all(0 <= s < 2**63 for s in seeds)
