@@ -3,22 +3,26 @@ in the target's folder and a rename, so an interrupted run never leaves a half-w
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
+
+
+def temporary_sibling(path: Path, tag: str = "part") -> Path:
+    """An unused name beside `path`, hidden, for building it before a rename."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.{tag}")
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path beside `path`; renamed onto `path` if the block succeeds, removed if not."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
+    tmp = temporary_sibling(path)
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 def write_atomic(path: Path, content: bytes | str) -> None:

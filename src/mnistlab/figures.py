@@ -1,0 +1,205 @@
+"""The lab report's figures, for any run: PNG files drawn headless with matplotlib.
+
+Curves take one history per seed: one seed draws a line, several draw their mean with a band
+of one standard deviation around it. Figures are built on `matplotlib.figure.Figure` rather than
+pyplot, so nothing global is touched and nothing needs closing.
+"""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display is needed, or wanted, anywhere mnistlab runs
+
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator  # noqa: E402
+
+from mnistlab.files import atomic_path  # noqa: E402
+
+TRAIN_COLOUR, EVAL_COLOUR = "#1f77b4", "#d62728"
+METRICS = (("loss", "loss"), ("accuracy", "accuracy"))
+
+
+def _epoch_axes(fig: Figure, title: str):
+    """Two panels, loss (log scale) and accuracy, over whole epochs."""
+    axes = fig.subplots(1, 2)
+    for ax, (_, name) in zip(axes, METRICS, strict=True):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[0].yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    axes[0].yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    fig.suptitle(title)
+    return axes
+
+
+def _save(fig: Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+def _stack(histories: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Epochs, mean and standard deviation over seeds of one column; seeds may have run different lengths."""
+    longest = max(len(h[key]) for h in histories)
+    table = np.full((len(histories), longest), np.nan)
+    for row, history in enumerate(histories):
+        table[row, : len(history[key])] = history[key]
+    counts = np.sum(~np.isnan(table), axis=0)
+    mean = np.nanmean(table, axis=0)
+    std = np.where(counts > 1, np.nanstd(table, axis=0, ddof=1 if len(histories) > 1 else 0), np.nan)
+    return np.arange(1, longest + 1), mean, std
+
+
+def _curve(ax, histories: list[dict], key: str, label: str, colour: str, style: str = "-") -> None:
+    epochs, mean, std = _stack(histories, key)
+    ax.plot(
+        epochs, mean, style, color=colour, label=label if len(histories) == 1 else f"{label} (mean of {len(histories)})"
+    )
+    if len(histories) > 1:
+        ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
+
+
+def validation_curves(histories: list[dict], path: Path, title: str, marks: dict[str, float] | None = None) -> None:
+    """Loss and accuracy per epoch, training vs validation (report figures 1, 6, 10, 11, 12).
+
+    histories: one per seed, each with lists "loss", "accuracy" (running, training) and "eval_loss",
+    "eval_accuracy" (clean, validation). marks: label -> epoch, drawn as vertical lines.
+    """
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    for ax, (key, name) in zip(_epoch_axes(fig, title), METRICS, strict=True):
+        _curve(ax, histories, key, f"training {name}", TRAIN_COLOUR)
+        _curve(ax, histories, f"eval_{key}", f"validation {name}", EVAL_COLOUR)
+        for (label, epoch), style in zip((marks or {}).items(), (":", "--", "-."), strict=False):
+            ax.axvline(epoch, color="0.3", linestyle=style, linewidth=1, label=f"{label} (epoch {epoch:g})")
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def retraining_curve(histories: list[dict], path: Path, title: str) -> None:
+    """Training loss and accuracy per epoch when retraining on all 60k (report figures 2 and 7)."""
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    for ax, (key, name) in zip(_epoch_axes(fig, title), METRICS, strict=True):
+        _curve(ax, histories, key, f"training {name} (60k)", TRAIN_COLOUR)
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def misclassified_grid(
+    images: np.ndarray, misclassified: list[dict], classes: list[str], path: Path, title: str
+) -> None:
+    """The first 9 misclassified test images with true label, prediction and confidence (figure 3)."""
+    fig = Figure(figsize=(6.5, 7.2), layout="constrained")
+    axes = fig.subplots(3, 3)
+    side = int(round(np.sqrt(images.shape[1])))
+    for ax, item in zip(axes.flat, misclassified[:9], strict=False):
+        ax.imshow(images[item["index"]].reshape(side, -1), cmap="gray_r", vmin=0, vmax=1)
+        ax.set_title(
+            f"#{item['index']}: true {classes[item['true']]}\npredicted {classes[item['predicted']]} "
+            f"({item['confidence']:.0%})",
+            fontsize=9,
+        )
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def per_class_bars(per_class: list[dict], path: Path, title: str) -> None:
+    """Precision, recall and F1 per class as grouped bars (figures 4 and 8)."""
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(per_class))
+    for offset, (key, colour) in zip(
+        (-0.27, 0, 0.27), (("precision", "#1f77b4"), ("recall", "#ff7f0e"), ("f1", "#2ca02c")), strict=True
+    ):
+        ax.bar(x + offset, [row[key] for row in per_class], width=0.27, label=key, color=colour)
+    lowest = min(min(row["precision"], row["recall"], row["f1"]) for row in per_class)
+    ax.set_ylim(max(0.0, lowest - 0.05), 1.0)
+    ax.set_xticks(
+        x, [row["class"] for row in per_class], rotation=30 if max(len(r["class"]) for r in per_class) > 2 else 0
+    )
+    ax.set_ylabel("score")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(ncols=3, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def confusion_heatmap(confusion: list[list[float]], classes: list[str], path: Path, title: str) -> None:
+    """The confusion matrix normalised per true class, annotated (figures 5 and 9)."""
+    matrix = np.asarray(confusion)
+    fig = Figure(figsize=(7.5, 6.5), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    for (row, col), value in np.ndenumerate(matrix):
+        if value >= 0.0005:
+            ax.text(
+                col,
+                row,
+                f"{value:.3f}"[1:] if value < 1 else "1",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if value > 0.5 else "black",
+            )
+    ticks = np.arange(len(classes))
+    ax.set_xticks(ticks, classes, rotation=45 if max(map(len, classes)) > 2 else 0)
+    ax.set_yticks(ticks, classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def accuracy_comparison(rows: list[dict], path: Path, title: str) -> None:
+    """Test error per run group with its 95% interval, beside the report's published value.
+
+    Error on a log scale: 1.7% and 2.0% are far apart in what they mean, 47% is off the chart otherwise.
+    """
+    fig = Figure(figsize=(11, 0.8 + 0.45 * len(rows)), layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(len(rows))[::-1]
+    errors = np.array([(1 - r["mean"]) * 100 for r in rows])
+    low = np.array([(1 - (r["high"] if r["high"] is not None else r["mean"])) * 100 for r in rows])
+    high = np.array([(1 - (r["low"] if r["low"] is not None else r["mean"])) * 100 for r in rows])
+    ax.errorbar(
+        errors,
+        y,
+        xerr=[errors - low, high - errors],
+        fmt="o",
+        color=TRAIN_COLOUR,
+        capsize=3,
+        label="mnistlab (95% interval over seeds)",
+    )
+    published = [((1 - r["published"]) * 100, yy) for r, yy in zip(rows, y, strict=True) if r.get("published")]
+    if published:
+        ax.errorbar(
+            [p for p, _ in published],
+            [yy + 0.15 for _, yy in published],
+            xerr=0.5,
+            fmt="s",
+            color=EVAL_COLOUR,
+            capsize=3,
+            alpha=0.8,
+            label="lab report (whole percent, +-0.5)",
+        )
+    ax.set_xscale("log")
+    shown = np.concatenate([low, high, [p - 0.5 for p, _ in published], [p + 0.5 for p, _ in published]])
+    ticks = [
+        t
+        for t in (0.5, 1, 1.5, 2, 3, 4, 5, 7, 10, 15, 20, 30, 50, 70, 100)
+        if shown.min() * 0.9 <= t <= shown.max() * 1.1
+    ]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_yticks(y, [r["name"] for r in rows])
+    ax.set_xlabel("test error (%, log scale): lower is better")
+    ax.grid(axis="x", which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncols=2)
+    ax.set_title(title)
+    _save(fig, path)

@@ -1,0 +1,198 @@
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnistlab import evaluation, report
+from mnistlab.cli import main
+
+ARTIFACTS = Path(os.environ.get("MNISTLAB_ARTIFACTS", Path(__file__).resolve().parents[1] / "build" / "test-artifacts"))
+
+
+def test_analysis_on_hand_made_predictions():
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    predicted = [0, 1, 1, 1, 2, 0]
+    probabilities = torch.full((6, 3), 0.1)
+    probabilities[torch.arange(6), predicted] = 0.8
+    probabilities[1, 1] = 0.6
+    analysis = evaluation.analyse(probabilities, labels, ["a", "b", "c"])
+    assert analysis.accuracy == pytest.approx(4 / 6)
+    assert analysis.misclassified == [
+        {"index": 1, "true": 0, "predicted": 1, "confidence": pytest.approx(0.6)},
+        {"index": 5, "true": 2, "predicted": 0, "confidence": pytest.approx(0.8)},
+    ]
+    assert analysis.confused_pairs == [{"true": 0, "predicted": 1, "count": 1}, {"true": 2, "predicted": 0, "count": 1}]
+    # class a: predicted at 0 and 5, right once; b: predicted at 1, 2, 3, right twice; c: predicted at 4, right
+    expected = {"a": (1 / 2, 1 / 2), "b": (2 / 3, 1.0), "c": (1.0, 1 / 2)}
+    for row in analysis.per_class:
+        precision, recall = expected[row["class"]]
+        assert row["precision"] == pytest.approx(precision) and row["recall"] == pytest.approx(recall)
+        assert row["f1"] == pytest.approx(2 * precision * recall / (precision + recall)) and row["support"] == 2
+    assert analysis.confusion == [[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.5, 0.0, 0.5]]
+
+
+def test_seed_statistics():
+    stat = evaluation.summarise([0.90, 0.92, 0.94])
+    assert stat["mean"] == pytest.approx(0.92) and stat["std"] == pytest.approx(0.02)
+    half = 4.302652729911275 * 0.02 / 3**0.5  # t(0.975, 2 degrees of freedom)
+    assert (stat["low"], stat["high"]) == (pytest.approx(0.92 - half), pytest.approx(0.92 + half))
+    assert evaluation.summarise([0.5])["low"] is None
+    assert evaluation.difference_p_value([0.90, 0.91, 0.92], [0.90, 0.91, 0.92]) == pytest.approx(1.0)
+    assert evaluation.difference_p_value([0.90, 0.901, 0.902], [0.95, 0.951, 0.952]) < 0.001
+    assert evaluation.difference_p_value([0.9], [0.95, 0.96]) is None
+
+
+@pytest.mark.parametrize(
+    ("published", "ours", "key", "within"),
+    [
+        (0.98, 0.9754, "accuracy", True),
+        (0.98, 0.9749, "accuracy", False),
+        (1.00, 0.9951, "accuracy", True),
+        (0.0783, 0.07834, "loss", True),
+        (0.0783, 0.0786, "loss", False),
+    ],
+)
+def test_rounding_rule(published, ours, key, within):
+    assert report.within_rounding(published, ours, key) is within
+
+
+def _numbers(train_acc, train_loss, val_acc, val_loss):
+    return {"train": {"accuracy": train_acc, "loss": train_loss}, "validation": {"accuracy": val_acc, "loss": val_loss}}
+
+
+def _history(val_loss, train_loss):
+    return [{"eval_loss": val_loss, "loss": train_loss}]
+
+
+def test_verdicts():
+    steady = _history([0.5, 0.3, 0.2, 0.19], [0.6, 0.4, 0.3, 0.25])
+    biased = report.verdict(_numbers(0.95, 0.80, 0.95, 0.80), steady, best_train_error=0.001)
+    assert biased.startswith("High bias and low variance") and "no sign of overfitting in 4 epochs" in biased
+    rising = _history([0.3, 0.1, 0.09, 0.12, 0.15], [0.5, 0.1, 0.05, 0.02, 0.01])
+    overfit = report.verdict(_numbers(0.999, 0.003, 0.975, 0.15), rising, best_train_error=0.001)
+    assert overfit.startswith("Low bias and high variance")
+    assert "50.0x training loss" in overfit
+    assert "bottoms out at epoch 3 (0.0900) and ends at 0.1500 (+67%)" in overfit and "from about epoch 3" in overfit
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, mnist_dir):
+    """Every preset for one epoch, the provided model with two seeds: a real, if short, study."""
+    out = tmp_path_factory.mktemp("study")
+    common = ["--epochs", "1", "--out", str(out), "--quiet", "--data-dir", str(mnist_dir), "--dataset", "mnist"]
+    assert main(["study", "--presets", "provided", "--seeds", "2", *common]) == 0
+    others = [p for p in report.REPORT_ORDER if p != "provided"]
+    assert main(["study", "--presets", *others, "--no-compile", *common]) == 0
+    return out
+
+
+def test_report_tables_and_verdicts(study, capsys):
+    start = time.perf_counter()
+    assert main(["report", str(study), "--out", str(study / "again.html")]) == 0
+    assert time.perf_counter() - start < 60  # a sanity bound; benchmarks/ measures the real figure
+    html = (study / "again.html").read_text()
+    markdown = (study / "again.md").read_text()
+    for text in (html, markdown):
+        assert "Beside the lab report" in text and "Bias and variance" in text
+        assert "Where the report&#x27;s text contradicts its numbers" in text or "text contradicts its numbers" in text
+    assert html.count("<img ") == 1 + 9 * 5 and not re.search(r'(src|href)="(?!data:)', html)  # self-contained
+    groups = report.discover([study])
+    assert [g.name for g in groups] == list(report.REPORT_ORDER) and groups[0].seeds == 2
+    rows = report.compare(groups[1], report.load_reference()["powerful"])
+    assert [(r["split"], r["key"]) for r in rows][:2] == [("train", "accuracy"), ("train", "loss")]
+    assert all(r["difference"] == pytest.approx(r["ours"] - r["published"]) for r in rows)
+    # Markdown links every figure by a relative path that exists.
+    for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown):
+        assert (study / link).is_file(), link
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if path:
+        return path
+    message = "headless Chromium is not installed (Debian: apt-get install chromium)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+HARNESS = """<!DOCTYPE html><html><body><pre id="out">pending</pre>
+<iframe id="report" src="report.html" width="1200" height="800"></iframe>
+<script>
+document.getElementById("report").addEventListener("load", () => {
+  const doc = document.getElementById("report").contentDocument;
+  const images = [...doc.images];
+  const check = () => {
+    if (!images.every(i => i.complete)) { setTimeout(check, 50); return; }
+    document.getElementById("out").textContent = JSON.stringify({
+      images: images.length,
+      decoded: images.filter(i => i.naturalWidth > 0).length,
+      tables: doc.querySelectorAll("table").length,
+      sections: [...doc.querySelectorAll("h2")].map(h => h.textContent),
+    });
+  };
+  check();
+});
+</script></body></html>"""
+
+
+def test_report_renders_in_headless_chromium(study, tmp_path):
+    chromium = _chromium()
+    site = tmp_path / "site"
+    site.mkdir()
+    shutil.copy(study / "report.html", site / "report.html")
+    (site / "harness.html").write_text(HARNESS)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(site)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    try:
+        dom = subprocess.run(
+            [chromium, *flags, "--virtual-time-budget=20000", "--dump-dom", f"{base}/harness.html"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        screenshot = ARTIFACTS / "report-screenshot.png"
+        subprocess.run(
+            [chromium, *flags, f"--screenshot={screenshot}", "--window-size=1280,6000", f"{base}/report.html"],
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    found = re.search(r'<pre id="out">(.*?)</pre>', dom, re.S)
+    assert found, dom[-2000:]
+    result = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    assert result["images"] == 1 + 9 * 5 and result["decoded"] == result["images"]
+    assert result["tables"] == 1 + 8 + 9 * 2  # results, beside the report (l1 has no numbers), two per run
+    assert result["sections"][:5] == [
+        "Results",
+        "Beside the lab report",
+        "Bias and variance",
+        "Which differences are real",
+        "Runs",
+    ]
+    assert screenshot.stat().st_size > 50_000
