@@ -80,6 +80,19 @@ def test_hand_written_backward_matches_autograd(activation):
     assert correct.shape == (3,) and 0 <= correct.min() and correct.max() <= 12
 
 
+def test_bf16_matmuls_stay_close_to_float32():
+    torch.manual_seed(1)
+    params = model.init_params(FINAL, [0, 1], torch.device("cpu"))
+    reg = _regularization(2, FINAL, rates=[0.1, 0.0], l1=[0.0, 0.0], l2=[0.0, 1e-5])
+    x, y = torch.rand(2, 64, 784), torch.randint(0, 10, (2, 64))
+    args = (torch.tensor([3, 4]), torch.tensor(0), (0, 1, 2), (False, True))
+    loss32, _, grad32 = model.loss_and_grads(params, FINAL, reg, x, y, *args)
+    loss16, _, grad16 = model.loss_and_grads(params, FINAL, reg, x, y, *args, matmul_dtype=torch.bfloat16)
+    assert not torch.equal(grad16, grad32)  # the first layer (2 x 64 x 784 x 128 MACs) did run in bf16
+    torch.testing.assert_close(loss16, loss32, rtol=1e-2, atol=0)
+    assert torch.nn.functional.cosine_similarity(grad16, grad32).min() > 0.99  # bf16 keeps 8 bits
+
+
 def test_penalty_matches_hand_computation():
     arch = Architecture(2, (2,), classes=2)
     # kernel 0 = [[1, -2], [3, -4]], bias 0 = [5, 6], kernel 1 = [[-1, 1], [-1, 1]], bias 1 = [7, 8]

@@ -59,6 +59,7 @@ def test_adam_follows_keras_formula():
             arch=SMALL,
             dropout_layers=(),
             penalties=(False, True),
+            matmul_dtype=torch.float32,
         )
         torch.testing.assert_close(params, expected)
     assert step.item() == 3

@@ -10,10 +10,11 @@ import torch
 
 from mnistlab import __version__, config, data, report, runs
 from mnistlab.errors import ConfigError, MnistlabError
-from mnistlab.train import Engine
+from mnistlab.train import Engine, flush_denormals, resolve_precision
 
 
 def main(argv: list[str] | None = None) -> int:
+    flush_denormals()  # before any parallel work starts the threads that inherit it
     parser = _parser()
     args = parser.parse_args(argv)
     warnings.showwarning = _one_line_warning
@@ -91,6 +92,12 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
         help="train N seeds (seed, seed+1, ...) in lockstep, in folders seed-K",
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="of the training matmuls; auto: bf16 where the hardware has it natively",
+    )
     parser.add_argument(
         "--no-compile",
         dest="compile",
@@ -173,7 +180,8 @@ def _execute(args: argparse.Namespace, entries: list[runs.Entry]) -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise MnistlabError("--device cuda: PyTorch sees no CUDA device here")
     device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
-    engine = Engine(torch.device(device), args.compile, progress=not args.quiet and sys.stderr.isatty())
+    precision = resolve_precision(args.precision, torch.device(device))
+    engine = Engine(torch.device(device), args.compile, precision, progress=not args.quiet and sys.stderr.isatty())
     log = (lambda *_: None) if args.quiet else print
     runs.execute(entries, engine, args.data_dir, identify=bool(args.data_dir and not args.dataset), log=log)
 

@@ -15,6 +15,7 @@ import math
 import time
 from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -59,8 +60,42 @@ class Engine:
 
     device: torch.device = torch.device("cpu")
     compile: bool = True
+    precision: str = "fp32"  # of the training matmuls: fp32 or bf16 (float32 accumulation, float32 weights)
     progress: bool = False
     label: str = ""
+
+    @property
+    def matmul_dtype(self) -> torch.dtype:
+        return {"fp32": torch.float32, "bf16": torch.bfloat16}[self.precision]
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether the device multiplies bf16 matrices natively (CPU: AVX512-BF16 or AMX; CUDA: Ampere on)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+def flush_denormals() -> None:
+    """Treat denormal floats as zero, as TensorFlow does by default.
+
+    Weights that a strong penalty drives towards zero, and Adam's moments of weights whose gradient
+    vanishes, decay into the denormal range, where x86 arithmetic is many times slower: measured here,
+    the l2-strong preset's epochs slowed down as training went on. Worker threads inherit the setting
+    when they start, so the CLI calls this first thing; `fit` calls it too, for library use.
+    """
+    torch.set_flush_denormal(True)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto: bf16 matmuls where the hardware has them (see the README for what that changes), else fp32."""
+    if precision == "auto":
+        return "bf16" if fast_bf16(device) else "fp32"
+    return precision
 
 
 @dataclass
@@ -109,9 +144,18 @@ def train_step(
     arch,
     dropout_layers,
     penalties,
+    matmul_dtype,
 ):
-    """One batch for every member: forward, backward, Adam. Everything it changes, it changes in place."""
-    loss, correct, grad = loss_and_grads(params, arch, reg, x[batch], y[batch], keys, step, dropout_layers, penalties)
+    """One batch for every member: forward, backward, Adam. Everything it changes, it changes in place.
+
+    batch: (M, B) row indices into x and y, or None for all rows in order (full-batch training,
+    where the order of rows cannot matter and gathering them would only copy the data set).
+    """
+    if batch is None:
+        xb, yb = x.expand(len(params), *x.shape), y.expand(len(params), *y.shape)
+    else:
+        xb, yb = x[batch], y[batch]
+    loss, correct, grad = loss_and_grads(params, arch, reg, xb, yb, keys, step, dropout_layers, penalties, matmul_dtype)
     beta1, beta2 = ADAM_BETAS
     # Keras' Adam: bias correction folded into the step size, epsilon added to the uncorrected sqrt(v).
     beta_powers.mul_(torch.tensor(ADAM_BETAS, device=params.device))
@@ -120,7 +164,7 @@ def train_step(
     step_size = learning_rate * active * torch.sqrt(1 - beta_powers[1]) / (1 - beta_powers[0])
     params.sub_(step_size.unsqueeze(1) * adam_m / (adam_v.sqrt() + ADAM_EPSILON))
     step.add_(1)
-    totals[0].add_(loss * batch.shape[1])
+    totals[0].add_(loss * yb.shape[1])
     totals[1].add_(correct)
 
 
@@ -154,6 +198,8 @@ def fit(
 ) -> list[Fit]:
     """Train a stack of members on `train`, evaluating `evaluation` every epoch. batch_size None: full batch."""
     device = engine.device
+    if device.type == "cpu":
+        flush_denormals()
     x, y = train
     size = len(y)
     batch_size = min(batch_size or size, size)
@@ -168,76 +214,99 @@ def fit(
     keys = torch.tensor([seed_for(m.seed, f"dropout-{phase}") for m in members], device=device)
     step = torch.zeros((), dtype=torch.int64, device=device)
     shufflers = [torch.Generator().manual_seed(seed_for(m.seed, f"shuffle-{phase}")) for m in members]
+    state = (params, adam_m, adam_v, beta_powers, x, y)
 
     step_fn = partial(
         train_step,
         arch=arch,
         dropout_layers=tuple(i for i in range(len(arch.shapes)) if reg.dropout[:, i].any()),
         penalties=(bool(reg.l1.any()), bool(reg.l2.any())),
+        matmul_dtype=engine.matmul_dtype,
     )
     compiled = _compile(step_fn, device) if engine.compile else step_fn
-    # Sizes that differ between the phases (50k vs 60k rows; full batches) stay symbolic in the
-    # compiled graph, so phase 2 reuses phase 1's compilation instead of paying for another.
+    # The data size differs between the phases (50k vs 60k rows): kept symbolic in the compiled graph,
+    # phase 2 reuses phase 1's compilation instead of paying for another.
     torch._dynamo.mark_dynamic(x, 0)
     torch._dynamo.mark_dynamic(y, 0)
 
-    stoppers = [_Stopper(m.early_stopping) if m.early_stopping else None for m in members]
-    restoring = [s is not None and s.rule.restore_best_weights for s in stoppers]
-    best_params = params.clone() if any(restoring) else None
-    histories: list[list[Epoch]] = [[] for _ in members]
-    stopped = [False] * stack
-    running = list(range(stack))
-    max_epochs = max(m.epochs for m in members)
-
+    tracker = _Tracker(members, params)
     # Every stack of a new shape compiles another variant of train_step; a study makes more than
     # dynamo's default limit of 8 in one process.
     with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-        for epoch in range(1, max_epochs + 1):
+        for epoch in range(1, max(m.epochs for m in members) + 1):
             start = time.perf_counter()
-            # (size, stack) so that a batch's strides do not depend on the data size: no recompile in phase 2.
-            order = torch.stack([torch.randperm(size, generator=g) for g in shufflers], dim=1).to(device)
-            full_steps, remainder = divmod(size, batch_size)
-            batches = order[: full_steps * batch_size].view(full_steps, batch_size, stack).permute(0, 2, 1)
-            if batch_size == size:
-                torch._dynamo.mark_dynamic(batches, 2)
             totals = (torch.zeros(stack, device=device), torch.zeros(stack, device=device))
-            state = (params, adam_m, adam_v, beta_powers, x, y)
             hyper = (keys, learning_rate, active, reg, totals)
-            with _progress(engine, phase, epoch, max_epochs, full_steps + bool(remainder)) as bar:
-                for index in range(full_steps):
-                    compiled(*state, batches[index], step, *hyper)
+            batches = _epoch_batches(shufflers, size, batch_size, device)
+            with _progress(engine, phase, epoch, tracker.last_epoch, -(-size // batch_size)) as bar:
+                for index, batch in enumerate(batches):
+                    # Keras trains on the short last batch too: eagerly, so it costs no second compiled shape.
+                    short = batch is not None and batch.shape[1] < batch_size
+                    (step_fn if short else compiled)(*state, batch, step, *hyper)
                     bar.tick(index, totals, batch_size)
-                if remainder:  # Keras trains on the short last batch too; eager, so no second compiled shape
-                    step_fn(*state, order[full_steps * batch_size :].T, step, *hyper)
                 train_loss, train_acc = (t / size for t in totals)
                 eval_loss, eval_acc = evaluate(params, arch, reg, *evaluation)
                 numbers = torch.stack([train_loss, train_acc, eval_loss, eval_acc]).tolist()  # the epoch's one sync
-                seconds = time.perf_counter() - start
-                bar.finish(numbers, running)
-
-            for member in list(running):
-                loss, acc, val_loss, val_acc = (column[member] for column in numbers)
-                histories[member].append(Epoch(epoch, loss, acc, val_loss, val_acc, seconds))
-                done = epoch >= members[member].epochs
-                if stoppers[member]:
-                    monitored = {"loss": loss, "accuracy": acc, "val_loss": val_loss, "val_accuracy": val_acc}
-                    improved, stop = stoppers[member].update(epoch, monitored[stoppers[member].rule.monitor])
-                    if improved and restoring[member]:
-                        best_params[member] = params[member]
-                    stopped[member] = stop and not done
-                    done = done or stop
-                if done:
-                    running.remove(member)
-                    active[member] = 0.0
-            if not running:
+                bar.finish(numbers, tracker.running)
+            tracker.end_epoch(epoch, numbers, time.perf_counter() - start, params, active)
+            if not tracker.running:
                 break
+    return tracker.fits(params)
 
-    fits = []
-    for member in range(stack):
-        final = best_params[member] if restoring[member] else params[member]
-        best = stoppers[member].best_epoch if stoppers[member] else None
-        fits.append(Fit(final.clone(), histories[member], best, stopped[member]))
-    return fits
+
+def _epoch_batches(shufflers: list[torch.Generator], size: int, batch_size: int, device: torch.device):
+    """An epoch's (M, B) row indices, each member in its own shuffled order; a single None for full batch."""
+    if batch_size >= size:
+        yield None
+        return
+    # (size, stack), so that a batch's strides do not depend on the data size: no recompile in phase 2.
+    order = torch.stack([torch.randperm(size, generator=g) for g in shufflers], dim=1).to(device)
+    full_steps = size // batch_size
+    batches = order[: full_steps * batch_size].view(full_steps, batch_size, -1).permute(0, 2, 1)
+    yield from batches
+    if size % batch_size:
+        yield order[full_steps * batch_size :].T
+
+
+class _Tracker:
+    """Per-member bookkeeping between epochs: histories, epoch budgets, early stopping, best weights."""
+
+    def __init__(self, members: list[Member], params: torch.Tensor):
+        self.members = members
+        self.stoppers = [_Stopper(m.early_stopping) if m.early_stopping else None for m in members]
+        self.restoring = [s is not None and s.rule.restore_best_weights for s in self.stoppers]
+        self.best_params = params.clone() if any(self.restoring) else None
+        self.histories: list[list[Epoch]] = [[] for _ in members]
+        self.stopped = [False] * len(members)
+        self.running = list(range(len(members)))
+        self.last_epoch = max(m.epochs for m in members)
+
+    def end_epoch(self, epoch: int, numbers: list[list[float]], seconds: float, params, active) -> None:
+        """Record the epoch for the running members; freeze those that are done."""
+        for member in list(self.running):
+            loss, acc, val_loss, val_acc = (column[member] for column in numbers)
+            self.histories[member].append(Epoch(epoch, loss, acc, val_loss, val_acc, seconds))
+            done = epoch >= self.members[member].epochs
+            stopper = self.stoppers[member]
+            if stopper:
+                monitored = {"loss": loss, "accuracy": acc, "val_loss": val_loss, "val_accuracy": val_acc}
+                improved, stop = stopper.update(epoch, monitored[stopper.rule.monitor])
+                if improved and self.restoring[member]:
+                    self.best_params[member] = params[member]
+                self.stopped[member] = stop and not done
+                done = done or stop
+            if done:
+                self.running.remove(member)
+                active[member] = 0.0
+
+    def fits(self, params: torch.Tensor) -> list[Fit]:
+        fits = []
+        for member, stopper in enumerate(self.stoppers):
+            final = self.best_params[member] if self.restoring[member] else params[member]
+            fits.append(
+                Fit(final.clone(), self.histories[member], stopper and stopper.best_epoch, self.stopped[member])
+            )
+        return fits
 
 
 def _compile(step_fn, device: torch.device):

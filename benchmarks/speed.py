@@ -1,0 +1,135 @@
+"""Training speed of the lab report's final model, against the machine's matmul floor and tf.keras.
+
+Seconds per epoch over the 50k split (median of the epochs after the first, which compiles), with the
+validation pass each epoch included, for one model and for 7 in lockstep, in fp32 and bf16 matmuls.
+The floor is the epoch's arithmetic divided by this machine's sustained fp32 matmul rate, measured in
+the same run. With TensorFlow installed, the same model in tf.keras runs back to back.
+
+    python benchmarks/speed.py [--data-dir DIR] [--batches 32 128 1024 full] [--stacks 1 7]
+                               [--precisions fp32 bf16] [--epochs 4] [--keras] [--study]
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from mnistlab import data
+from mnistlab.model import Architecture
+from mnistlab.train import Engine, Member, fit
+
+FINAL = Architecture(784, (128, 128, 64, 64, 32))
+
+
+def epoch_gflop(arch: Architecture, train_rows: int, eval_rows: int) -> float:
+    """Multiply-adds x 2 of one epoch: forward, kernel gradients, input gradients below the first layer
+    (the engine does not compute the gradient of the images), and the validation forward pass."""
+    weights = sum(n_in * n_out for n_in, n_out in arch.shapes)
+    first = arch.shapes[0][0] * arch.shapes[0][1]
+    return 2 * (train_rows * (3 * weights - first) + eval_rows * weights) / 1e9
+
+
+def matmul_rate(dtype: torch.dtype, size: int = 4096, repeats: int = 5) -> float:
+    """Sustained GFLOP/s of one large square matmul, median of `repeats`."""
+    a, b = torch.rand(size, size).to(dtype), torch.rand(size, size).to(dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def mnistlab_epoch(dataset, batch: int | None, stack: int, precision: str, epochs: int) -> float:
+    members = [Member(seed=s, learning_rate=1e-4, epochs=epochs, input_dropout=0.1, dropout=0.1) for s in range(stack)]
+    fits = fit(FINAL, members, dataset.split("train"), dataset.split("validation"), batch, 1, Engine(precision=precision))
+    return statistics.median(e.seconds for e in fits[0].history[1:])
+
+
+def keras_epoch(dataset, batch: int | None, epochs: int) -> float | None:
+    try:
+        import keras
+    except ImportError:
+        return None
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.times.append(time.perf_counter() - self.start)
+
+    layers = [keras.Input((784,))]
+    for width in FINAL.hidden:
+        layers += [keras.layers.Dropout(0.1), keras.layers.Dense(width, activation="relu")]
+    layers += [keras.layers.Dropout(0.1), keras.layers.Dense(10, activation="softmax")]
+    model = keras.Sequential(layers)
+    model.compile(keras.optimizers.Adam(1e-4), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    (x, y), validation = dataset.split("train"), dataset.split("validation")
+    timer = Timer()
+    timer.times = []
+    model.fit(x.numpy(), y.numpy(), batch_size=batch or len(y), epochs=epochs, verbose=0, callbacks=[timer],
+              validation_data=tuple(t.numpy() for t in validation))  # fmt: skip
+    return statistics.median(timer.times[1:])
+
+
+def study_seconds(seeds: int, data_dir: Path | None, precision: str) -> float:
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, "-m", "mnistlab.cli", "study", "--out", out, "--quiet", "--seeds", str(seeds)]
+        command += ["--precision", precision] + (["--data-dir", str(data_dir)] if data_dir else [])
+        start = time.perf_counter()
+        subprocess.run(command, check=True)
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--batches", nargs="+", default=["32", "128", "1024", "full"])
+    parser.add_argument("--stacks", nargs="+", type=int, default=[1, 7])
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--epochs", type=int, default=4, help="per measurement; the first is not counted")
+    parser.add_argument("--keras", action="store_true", help="also tf.keras (needs tensorflow)")
+    parser.add_argument("--study", action="store_true", help="also time `mnistlab study` with 1 and 5 seeds")
+    args = parser.parse_args()
+
+    dataset = data.load("mnist", args.data_dir, progress=False)
+    fp32, bf16 = matmul_rate(torch.float32), matmul_rate(torch.bfloat16)
+    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"sustained matmul (4096^2): fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.0f} GFLOP/s")
+    gflop = epoch_gflop(FINAL, 50_000, 10_000)
+    print(f"one epoch of the final model: {gflop:.1f} GFLOP (50k training rows, 10k validation rows)")
+    print(f"fp32 floor: {gflop / fp32:.3f} s per model-epoch\n")
+
+    print("| batch | models | precision | s/epoch | s/epoch per model | GFLOP/s | x fp32 floor | tf.keras s/epoch | keras/mnistlab |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for batch_name in args.batches:
+        batch = None if batch_name == "full" else int(batch_name)
+        keras = keras_epoch(dataset, batch, args.epochs) if args.keras else None
+        for stack in args.stacks:
+            for precision in args.precisions:
+                seconds = mnistlab_epoch(dataset, batch, stack, precision, args.epochs)
+                per_model = seconds / stack
+                row = [batch_name, str(stack), precision, f"{seconds:.3f}", f"{per_model:.3f}",
+                       f"{gflop / per_model:.0f}", f"{per_model / (gflop / fp32):.2f}"]  # fmt: skip
+                compare = keras is not None and stack == 1
+                row += [f"{keras:.3f}", f"{keras / seconds:.1f}"] if compare else ["", ""]
+                print("| " + " | ".join(row) + " |", flush=True)
+
+    if args.study:
+        print()
+        for precision in args.precisions:
+            one = study_seconds(1, args.data_dir, precision)
+            five = study_seconds(5, args.data_dir, precision)
+            print(f"mnistlab study ({precision}): 1 seed {one:.0f} s, 5 seeds {five:.0f} s ({five / one:.2f}x)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
