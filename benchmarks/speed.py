@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 
 from mnistlab import data
+from mnistlab.engine import Engine
 from mnistlab.model import Architecture
-from mnistlab.train import Engine, Member, fit
+from mnistlab.train import Member, fit
 
 FINAL = Architecture(784, (128, 128, 64, 64, 32))
 
@@ -49,7 +50,9 @@ def matmul_rate(dtype: torch.dtype, size: int = 4096, repeats: int = 5) -> float
 
 def mnistlab_epoch(dataset, batch: int | None, stack: int, precision: str, epochs: int) -> float:
     members = [Member(seed=s, learning_rate=1e-4, epochs=epochs, input_dropout=0.1, dropout=0.1) for s in range(stack)]
-    fits = fit(FINAL, members, dataset.split("train"), dataset.split("validation"), batch, 1, Engine(precision=precision))
+    fits = fit(
+        FINAL, members, dataset.split("train"), dataset.split("validation"), batch, 1, Engine(precision=precision)
+    )
     return statistics.median(e.seconds for e in fits[0].history[1:])
 
 
@@ -92,7 +95,7 @@ def study_seconds(seeds: int, data_dir: Path | None, precision: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=None)
-    parser.add_argument("--batches", nargs="+", default=["32", "128", "1024", "full"])
+    parser.add_argument("--batches", nargs="*", default=["32", "128", "1024", "full"], help="none: skip the table")
     parser.add_argument("--stacks", nargs="+", type=int, default=[1, 7])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--epochs", type=int, default=4, help="per measurement; the first is not counted")
@@ -108,8 +111,9 @@ def main() -> None:
     print(f"one epoch of the final model: {gflop:.1f} GFLOP (50k training rows, 10k validation rows)")
     print(f"fp32 floor: {gflop / fp32:.3f} s per model-epoch\n")
 
-    print("| batch | models | precision | s/epoch | s/epoch per model | GFLOP/s | x fp32 floor | tf.keras s/epoch | keras/mnistlab |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    if args.batches:
+        print("| batch | models | precision | s/epoch | s/epoch per model | GFLOP/s | x fp32 floor | tf.keras s/epoch "
+              "| keras/mnistlab |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     for batch_name in args.batches:
         batch = None if batch_name == "full" else int(batch_name)
         keras = keras_epoch(dataset, batch, args.epochs) if args.keras else None
@@ -128,7 +132,10 @@ def main() -> None:
         for precision in args.precisions:
             one = study_seconds(1, args.data_dir, precision)
             five = study_seconds(5, args.data_dir, precision)
-            print(f"mnistlab study ({precision}): 1 seed {one:.0f} s, 5 seeds {five:.0f} s ({five / one:.2f}x)", flush=True)
+            print(
+                f"mnistlab study ({precision}): 1 seed {one:.0f} s, 5 seeds {five:.0f} s ({five / one:.2f}x)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from mnistlab import model
+from mnistlab.engine import Engine
 from mnistlab.model import Architecture, Regularization
 from mnistlab.train import (
     ADAM_EPSILON,
     EarlyStopping,
-    Engine,
     Member,
     _Stopper,
     fit,

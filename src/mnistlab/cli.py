@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from mnistlab import __version__, config, data, report, runs
+from mnistlab.engine import PRECISIONS, Engine, flush_denormals, resolve_precision
 from mnistlab.errors import ConfigError, MnistlabError
-from mnistlab.train import Engine, flush_denormals, resolve_precision
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,7 +94,7 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument(
         "--precision",
-        choices=("auto", "fp32", "bf16"),
+        choices=PRECISIONS,
         default="auto",
         help="of the training matmuls; auto: bf16 where the hardware has it natively",
     )

@@ -13,12 +13,18 @@ matplotlib.use("Agg")  # headless: no display is needed, or wanted, anywhere mni
 
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FormatStrFormatter, MaxNLocator  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, FuncFormatter, MaxNLocator  # noqa: E402
 
 from mnistlab.files import atomic_path  # noqa: E402
 
 TRAIN_COLOUR, EVAL_COLOUR = "#1f77b4", "#d62728"
 METRICS = (("loss", "loss"), ("accuracy", "accuracy"))
+
+
+def _sparse_log_label(value: float, _position) -> str:
+    """Minor ticks of a log axis labelled at 2 and 5 times a power of ten only, so labels do not collide."""
+    leading = value / 10 ** np.floor(np.log10(value))
+    return f"{value:g}" if round(leading) in (2, 5) else ""
 
 
 def _epoch_axes(fig: Figure, title: str):
@@ -31,7 +37,7 @@ def _epoch_axes(fig: Figure, title: str):
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
     axes[0].yaxis.set_major_formatter(FormatStrFormatter("%g"))
-    axes[0].yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    axes[0].yaxis.set_minor_formatter(FuncFormatter(_sparse_log_label))
     fig.suptitle(title)
     return axes
 

@@ -8,10 +8,7 @@ The report is built from the run folders alone, so it can be rebuilt at any time
 single-seed and multi-seed runs, without training anything.
 """
 
-import base64
-import html
 import json
-import os
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -19,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from mnistlab import __version__, evaluation, figures, runs
+from mnistlab.document import Bullets, Heading, Image, Paragraph, Preformatted, Table, to_html, to_markdown
 from mnistlab.errors import MnistlabError
 from mnistlab.files import write_atomic
 
@@ -53,6 +51,8 @@ class Group:
     def __post_init__(self):
         self.metrics = [runs.read_metrics(f) for f in self.runs]
         self.histories = [runs.read_history(f) for f in self.runs]
+
+    label: str = field(init=False, default="")  # the preset, and the folder where two groups share one
 
     @property
     def name(self) -> str:
@@ -93,7 +93,12 @@ def discover(paths: list[Path]) -> list[Group]:
         else:
             raise MnistlabError(f"{path}: not a run folder (no {runs.METRICS}), nor a folder of runs")
     order = {name: i for i, name in enumerate(REPORT_ORDER)}
-    return sorted(groups, key=lambda g: (order.get(g.name, len(order)), g.name, str(g.folder)))
+    groups.sort(key=lambda g: (order.get(g.name, len(order)), g.name, str(g.folder)))
+    names = [g.name for g in groups]
+    for g in groups:
+        where = g.folder.name if g.folder.name != g.name else g.folder.parent.name
+        g.label = g.name if names.count(g.name) == 1 else f"{g.name} ({where})"
+    return groups
 
 
 def load_reference() -> dict:
@@ -188,42 +193,6 @@ def significance(groups: list[Group]) -> list[list[dict | None]]:
     return table
 
 
-# --- a small document model, rendered to HTML and to Markdown -------------------------------------
-
-
-@dataclass
-class Heading:
-    level: int
-    text: str
-
-
-@dataclass
-class Paragraph:
-    text: str
-
-
-@dataclass
-class Bullets:
-    items: list[str]
-
-
-@dataclass
-class Table:
-    header: list[str]
-    rows: list[list[str]]  # a cell that starts with "!" is flagged: drawn in bold
-
-
-@dataclass
-class Image:
-    path: Path
-    alt: str
-
-
-@dataclass
-class Preformatted:
-    text: str
-
-
 def _percent(value: float) -> str:
     return f"{value * 100:.2f}%"
 
@@ -252,7 +221,7 @@ def _results(groups: list[Group]) -> list:
         )
         numbers = [_cell(g.stat(s, k), k) for s in SPLIT_NAMES for k in ("accuracy", "loss")]
         wall = sum(m["wall_seconds"] / m["lockstep_size"] for m in g.metrics)
-        rows.append([g.name, str(g.seeds), f"{g.metrics[0]['parameters']:,}", epochs, *numbers, f"{wall:.0f} s"])
+        rows.append([g.label, str(g.seeds), f"{g.metrics[0]['parameters']:,}", epochs, *numbers, f"{wall:.0f} s"])
     return [
         Heading(2, "Results"),
         Paragraph(
@@ -286,7 +255,7 @@ def _beside_the_report(groups: list[Group], reference: dict, chart: Path) -> lis
             if entry["figures"]
             else ""
         )
-        blocks.append(Heading(3, f"{g.name}: section {entry['section']}{figures_text}"))
+        blocks.append(Heading(3, f"{g.label}: section {entry['section']}{figures_text}"))
         rows = []
         for row in compare(g, entry):
             show = _percent if row["key"] == "accuracy" else (lambda v: f"{v:.4f}")
@@ -345,8 +314,8 @@ def _significance_blocks(groups: list[Group]) -> list:
             else:
                 text = f"{entry['difference'] * 100:+.2f} (p={entry['p']:.2g})"
                 cells.append(("!" if entry["p"] < SIGNIFICANCE else "") + text)
-        rows.append([g.name, *cells])
-    blocks.append(Table(["", *(g.name for g in multi)], rows))
+        rows.append([g.label, *cells])
+    blocks.append(Table(["", *(g.label for g in multi)], rows))
     return blocks
 
 
@@ -355,7 +324,7 @@ def _run_blocks(group: Group) -> list:
     config = tomllib.loads((first / "config.toml").read_text())
     analysis = json.loads((first / "analysis.json").read_text())
     classes = analysis["classes"]
-    name = group.name
+    name = group.label
     seeds_note = (
         f" {group.seeds} seeds; curves are the mean with one standard deviation; the error analysis is "
         f"seed {group.metrics[0]['seed']}'s."
@@ -402,7 +371,7 @@ def build(paths: list[Path], out: Path) -> tuple[Path, Path]:
     figures.accuracy_comparison(
         [
             {
-                "name": g.name,
+                "name": g.label,
                 **g.stat("test", "accuracy"),
                 "published": reference.get(g.name, {}).get("test", {}).get("accuracy"),
             }
@@ -432,7 +401,7 @@ def build(paths: list[Path], out: Path) -> tuple[Path, Path]:
             Image(chart, "test accuracy per experiment"),
             Paragraph("The lab report's numbers are for MNIST; these runs are on another data set."),
         ]
-    readings = [f"{g.name}: {verdict(g.means(), g.phase(1), best_train_error)}" for g in groups]
+    readings = [f"{g.label}: {verdict(g.means(), g.phase(1), best_train_error)}" for g in groups]
     blocks += [Heading(2, "Bias and variance"), Bullets(readings)]
     blocks += _significance_blocks(groups)
     blocks.append(Heading(2, "Runs"))
@@ -442,72 +411,3 @@ def build(paths: list[Path], out: Path) -> tuple[Path, Path]:
     write_atomic(out, to_html(blocks))
     write_atomic(md, to_markdown(blocks, md.parent))
     return out, md
-
-
-# --- renderers ------------------------------------------------------------------------------------
-
-_STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.85em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-th { background: #f3f3f3; }
-td.flag { font-weight: bold; color: #a40000; }
-img { max-width: 100%; display: block; margin: 1em 0; }
-pre { background: #f7f7f7; padding: 1em; overflow-x: auto; }
-"""
-
-
-def to_html(blocks: list) -> str:
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        "<title>mnistlab report</title>",
-        f"<style>{_STYLE}</style></head><body>",
-    ]
-    for block in blocks:
-        if isinstance(block, Heading):
-            parts.append(f"<h{block.level}>{html.escape(block.text)}</h{block.level}>")
-        elif isinstance(block, Paragraph):
-            parts.append(f"<p>{html.escape(block.text)}</p>")
-        elif isinstance(block, Bullets):
-            parts.append("<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in block.items) + "</ul>")
-        elif isinstance(block, Table):
-            head = "".join(f"<th>{html.escape(h)}</th>" for h in block.header)
-            body = "".join("<tr>" + "".join(_html_cell(c) for c in row) + "</tr>" for row in block.rows)
-            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-        elif isinstance(block, Image):
-            data = base64.b64encode(block.path.read_bytes()).decode()
-            parts.append(f'<img src="data:image/png;base64,{data}" alt="{html.escape(block.alt)}">')
-        elif isinstance(block, Preformatted):
-            parts.append(f"<pre>{html.escape(block.text)}</pre>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
-
-
-def _html_cell(cell: str) -> str:
-    if cell.startswith("!"):
-        return f'<td class="flag">{html.escape(cell[1:])}</td>'
-    return f"<td>{html.escape(cell)}</td>"
-
-
-def to_markdown(blocks: list, base: Path) -> str:
-    parts = []
-    for block in blocks:
-        if isinstance(block, Heading):
-            parts.append(f"{'#' * block.level} {block.text}")
-        elif isinstance(block, Paragraph):
-            parts.append(block.text)
-        elif isinstance(block, Bullets):
-            parts.append("\n".join(f"- {item}" for item in block.items))
-        elif isinstance(block, Table):
-            cells = [[f"**{c[1:]}**" if c.startswith("!") else c for c in row] for row in block.rows]
-            lines = ["| " + " | ".join(block.header) + " |", "|" + "---|" * len(block.header)]
-            parts.append(
-                "\n".join(lines + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells])
-            )
-        elif isinstance(block, Image):
-            parts.append(f"![{block.alt}]({Path(os.path.relpath(block.path.resolve(), base.resolve())).as_posix()})")
-        elif isinstance(block, Preformatted):
-            parts.append(f"```\n{block.text.rstrip()}\n```")
-    return "\n\n".join(parts) + "\n"

@@ -36,8 +36,9 @@ import torch
 
 from mnistlab import __version__, data, evaluation, figures, model
 from mnistlab.config import Experiment, to_toml
+from mnistlab.engine import Engine
 from mnistlab.files import temporary_sibling, write_atomic
-from mnistlab.train import Engine, Result, train_protocol
+from mnistlab.train import Result, train_protocol
 
 METRICS = "metrics.json"
 AGGREGATE = "aggregate.json"

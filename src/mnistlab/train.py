@@ -15,19 +15,18 @@ import math
 import time
 from dataclasses import dataclass, replace
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from mnistlab.data import Dataset
+from mnistlab.engine import Engine, compile_step, flush_denormals, room_to_recompile
 from mnistlab.model import Architecture, Regularization, evaluate, init_params, loss_and_grads
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPSILON = 1e-7  # Keras' default; PyTorch's is 1e-8
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
-RECOMPILE_LIMIT = 256
 
 
 @dataclass(frozen=True)
@@ -52,50 +51,6 @@ class Member:
     l1: float = 0.0
     l2: float = 0.0
     early_stopping: EarlyStopping | None = None
-
-
-@dataclass(frozen=True)
-class Engine:
-    """How to run, as opposed to what to run: never changes what a result means, only its bits."""
-
-    device: torch.device = torch.device("cpu")
-    compile: bool = True
-    precision: str = "fp32"  # of the training matmuls: fp32 or bf16 (float32 accumulation, float32 weights)
-    progress: bool = False
-    label: str = ""
-
-    @property
-    def matmul_dtype(self) -> torch.dtype:
-        return {"fp32": torch.float32, "bf16": torch.bfloat16}[self.precision]
-
-
-def fast_bf16(device: torch.device) -> bool:
-    """Whether the device multiplies bf16 matrices natively (CPU: AVX512-BF16 or AMX; CUDA: Ampere on)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
-
-
-def flush_denormals() -> None:
-    """Treat denormal floats as zero, as TensorFlow does by default.
-
-    Weights that a strong penalty drives towards zero, and Adam's moments of weights whose gradient
-    vanishes, decay into the denormal range, where x86 arithmetic is many times slower: measured here,
-    the l2-strong preset's epochs slowed down as training went on. Worker threads inherit the setting
-    when they start, so the CLI calls this first thing; `fit` calls it too, for library use.
-    """
-    torch.set_flush_denormal(True)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto: bf16 matmuls where the hardware has them (see the README for what that changes), else fp32."""
-    if precision == "auto":
-        return "bf16" if fast_bf16(device) else "fp32"
-    return precision
 
 
 @dataclass
@@ -223,16 +178,14 @@ def fit(
         penalties=(bool(reg.l1.any()), bool(reg.l2.any())),
         matmul_dtype=engine.matmul_dtype,
     )
-    compiled = _compile(step_fn, device) if engine.compile else step_fn
+    compiled = compile_step(step_fn, device) if engine.compile else step_fn
     # The data size differs between the phases (50k vs 60k rows): kept symbolic in the compiled graph,
     # phase 2 reuses phase 1's compilation instead of paying for another.
     torch._dynamo.mark_dynamic(x, 0)
     torch._dynamo.mark_dynamic(y, 0)
 
     tracker = _Tracker(members, params)
-    # Every stack of a new shape compiles another variant of train_step; a study makes more than
-    # dynamo's default limit of 8 in one process.
-    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+    with room_to_recompile():
         for epoch in range(1, max(m.epochs for m in members) + 1):
             start = time.perf_counter()
             totals = (torch.zeros(stack, device=device), torch.zeros(stack, device=device))
@@ -307,12 +260,6 @@ class _Tracker:
                 Fit(final.clone(), self.histories[member], stopper and stopper.best_epoch, self.stopped[member])
             )
         return fits
-
-
-def _compile(step_fn, device: torch.device):
-    # On CPU a C++ wrapper around the generated kernels saves ~40 us of Python per step at batch 32.
-    options = {"cpp_wrapper": True} if device.type == "cpu" else {}
-    return torch.compile(step_fn, fullgraph=True, dynamic=False, options=options)
 
 
 class _progress:
