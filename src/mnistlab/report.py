@@ -79,10 +79,10 @@ def discover(paths: list[Path]) -> list[Group]:
     """Run groups in run folders, multi-seed folders, or folders of those (a study), in the report's order."""
     groups: list[Group] = []
     for path in map(Path, paths):
-        if runs.is_finished(path):
-            groups.append(Group(path, [path]))
-        elif seeds := runs.seed_folders(path):
+        if seeds := runs.seed_folders(path):  # a multi-seed run, even over an older single run's files
             groups.append(Group(path, seeds))
+        elif runs.is_finished(path):
+            groups.append(Group(path, [path]))
         elif path.is_dir() and (
             children := [c for c in sorted(path.iterdir()) if c.is_dir() and not c.name.startswith(".")]
         ):
