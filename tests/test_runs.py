@@ -90,3 +90,17 @@ def test_study_trains_seeds_in_lockstep_skips_finished_runs_and_reports(tmp_path
     assert "1 of 2 runs already finished" in out and "training 1 in lockstep" in out
     assert (tmp_path / "provided" / "seed-0" / "metrics.json").read_bytes() == first
     assert runs.read_metrics(tmp_path / "provided" / "seed-1")["test"] == seeds[1]["test"]
+
+
+def test_experiments_that_differ_only_in_name_train_once(tmp_path, data_env, capsys):
+    """The report's final model is its dropout model: one training writes both run folders."""
+    args = ["study", "--presets", "dropout", "final", "--epochs", "1", "--set", "train.batch_size=500"]
+    assert main([*args, "--out", str(tmp_path), "--no-compile"]) == 0
+    out = capsys.readouterr().out
+    assert "final (seed 0): the same training as dropout (seed 0), trained once" in out
+    assert "training 1 in lockstep" in out
+    dropout, final = (runs.read_metrics(tmp_path / name) for name in ("dropout", "final"))
+    assert (dropout["preset"], final["preset"]) == ("dropout", "final")
+    assert dropout["test"] == final["test"] and dropout["validation"] == final["validation"]
+    weights = [model.load(tmp_path / name / "model.safetensors")[0] for name in ("dropout", "final")]
+    assert torch.equal(*weights)

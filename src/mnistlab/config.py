@@ -140,6 +140,10 @@ class Experiment:
         """Experiments with equal keys can train as members of one stack."""
         return (self.dataset, self.validation_size, self.hidden, self.activation, self.batch_size)
 
+    def training_key(self) -> tuple:
+        """Experiments with equal keys train to the same result, bit for bit: one training serves them all."""
+        return (*self.lockstep_key(), self.member())
+
 
 def preset_names() -> list[str]:
     return sorted(

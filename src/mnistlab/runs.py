@@ -1,7 +1,8 @@
 """Run folders: train a plan of (experiment, folder) entries and write what each run produced.
 
 Entries that can share a stack (same data, architecture and batch size; see
-`Experiment.lockstep_key`) train together in lockstep. Each run folder holds:
+`Experiment.lockstep_key`) train together in lockstep, and entries that differ only in name (the
+report's final model is its dropout model) train once. Each run folder holds:
 
     config.toml       the resolved config; `mnistlab run config.toml` runs it again
     history.csv       per epoch of both phases: running training loss/accuracy, clean eval loss/accuracy
@@ -43,7 +44,6 @@ from mnistlab.train import Result, train_protocol
 METRICS = "metrics.json"
 AGGREGATE = "aggregate.json"
 SEED_PREFIX = "seed-"
-SPLITS = ("train", "validation", "full", "test")
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,14 @@ def execute(
     `data_dir` is where the data sets are; with `identify` its files say which data set they are
     (see `data.load`), rather than the experiments' `dataset` key.
     """
+    twins: dict[tuple, list[Entry]] = {}  # training key -> the entries that one training serves
+    for entry in entries:
+        twins.setdefault(entry.experiment.training_key(), []).append(entry)
+    for same in twins.values():
+        if len(same) > 1:
+            log(f"{_names(same[1:])}: the same training as {_names(same[:1])}, trained once")
     datasets: dict[tuple, data.Dataset] = {}
-    for group in stacks(entries, engine.device):
+    for group in stacks([same[0] for same in twins.values()], engine.device):
         first = group[0].experiment
         source = (first.dataset, first.validation_size)
         if source not in datasets:
@@ -76,18 +82,22 @@ def execute(
                 progress=engine.progress,
             )
         dataset = datasets[source]
-        names = ", ".join(f"{e.experiment.name} (seed {e.experiment.seed})" for e in group)
-        log(f"training {len(group)} in lockstep on {dataset.name} ({engine.device}): {names}")
+        log(f"training {len(group)} in lockstep on {dataset.name} ({engine.device}): {_names(group)}")
         arch = first.architecture(inputs=dataset.train_images.shape[1])
         members = [e.experiment.member() for e in group]
         label = first.name if len(group) == 1 else f"{len(group)} models"
         started = time.time()
         results = train_protocol(arch, members, dataset, first.batch_size, replace(engine, label=label))
-        for entry, result in zip(group, results, strict=True):
-            write_run(entry, result, arch, dataset, engine, started, len(group))
-            log(f"  {entry.folder}: test accuracy {result.metrics['test']['accuracy']:.4f}")
+        for trained, result in zip(group, results, strict=True):
+            for entry in twins[trained.experiment.training_key()]:
+                write_run(entry, result, arch, dataset, engine, started, len(group))
+                log(f"  {entry.folder}: test accuracy {result.metrics['test']['accuracy']:.4f}")
     for parent in dict.fromkeys(e.folder.parent for e in entries if e.folder.name.startswith(SEED_PREFIX)):
         write_aggregate(parent)
+
+
+def _names(entries: list[Entry]) -> str:
+    return ", ".join(f"{e.experiment.name} (seed {e.experiment.seed})" for e in entries)
 
 
 # How many rows one lockstep step should process, members x batch size. Stacking amortises the per-step
@@ -259,7 +269,7 @@ def write_aggregate(parent: Path) -> dict:
         "seeds": [m["seed"] for m in metrics],
         **{
             split: {key: evaluation.summarise([m[split][key] for m in metrics]) for key in ("loss", "accuracy")}
-            for split in SPLITS
+            for split in data.SPLITS
         },
         "epochs": {
             phase: evaluation.summarise([m["epochs"][phase] for m in metrics]) for phase in ("phase1", "phase2")
