@@ -121,8 +121,18 @@ def penalty(params: torch.Tensor, arch: Architecture, reg: Regularization) -> to
     """(M,) L1 + L2 penalty on the kernels, as Keras adds it to the loss."""
     total = torch.zeros(params.shape[0], device=params.device)
     for kernel, _ in layers(params, arch):
-        total = total + reg.l1 * kernel.abs().sum((1, 2)) + reg.l2 * kernel.square().sum((1, 2))
+        per_weight = reg.l1.view(-1, 1, 1) * kernel.abs() + reg.l2.view(-1, 1, 1) * kernel.square()
+        total = total + per_weight.sum((1, 2))
     return total
+
+
+def add_penalty_grad(kernel: torch.Tensor, grad: torch.Tensor, reg: Regularization, penalties: tuple[bool, bool]):
+    """A kernel's gradient with its L1/L2 penalty's added; `penalties` (any L1, any L2) skips unused terms."""
+    if penalties[0]:
+        grad = grad + reg.l1.view(-1, 1, 1) * torch.sign(kernel)
+    if penalties[1]:
+        grad = grad + 2 * reg.l2.view(-1, 1, 1) * kernel
+    return grad
 
 
 @torch.no_grad()
@@ -155,11 +165,16 @@ def _shift_right(x: torch.Tensor, n: int) -> torch.Tensor:
     return (x >> n) & ((1 << (64 - n)) - 1)  # logical, not arithmetic, shift
 
 
-def random_bits(keys: torch.Tensor, step: torch.Tensor, layer: int, num_layers: int, shape) -> torch.Tensor:
-    """(M, rows, cols) int64 of KEEP_BITS uniform random bits for each member's key (M,)."""
+def random_bits(
+    keys: torch.Tensor, step: torch.Tensor, layer: int, num_layers: int, shape, first_row=0
+) -> torch.Tensor:
+    """(M, rows, cols) int64 of KEEP_BITS uniform random bits for each member's key (M,).
+
+    Rows count from `first_row`, so a batch processed in chunks draws the bits it would draw whole.
+    """
     rows, cols = shape
     position = torch.arange(rows * cols, device=keys.device, dtype=torch.int64).view(1, rows, cols)
-    counter = ((step * num_layers + layer) << 32) + position
+    counter = ((step * num_layers + layer) << 32) + position + first_row * cols
     z = keys.view(-1, 1, 1) + counter * _GOLDEN
     z = (z ^ _shift_right(z, 30)) * _MIX1
     z = (z ^ _shift_right(z, 27)) * _MIX2
@@ -167,19 +182,15 @@ def random_bits(keys: torch.Tensor, step: torch.Tensor, layer: int, num_layers: 
     return _shift_right(z, 64 - KEEP_BITS)
 
 
-# A bf16 matmul costs ~12 us more to launch than a float32 one on CPU (measured with oneDNN); below
-# about 2M multiply-adds the faster arithmetic does not pay for that, so small matmuls stay float32.
-BF16_MIN_MACS = 1 << 21
-
-
-def _matmul(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Batched matmul in `dtype` (inputs rounded to it, float32 accumulation), result in float32."""
-    if dtype == torch.float32 or a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2] < BF16_MIN_MACS:
+def _matmul(a: torch.Tensor, b: torch.Tensor, bf16_min_macs: int | None) -> torch.Tensor:
+    """Batched matmul, float32 in and out; in bf16 (inputs rounded, float32 accumulation) when it has
+    at least `bf16_min_macs` multiply-adds, the size from which bf16 pays on this hardware."""
+    if bf16_min_macs is None or a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2] < bf16_min_macs:
         return torch.bmm(a, b)
-    return torch.bmm(a.to(dtype), b.to(dtype)).float()
+    return torch.bmm(a.to(torch.bfloat16), b.to(torch.bfloat16)).float()
 
 
-def loss_and_grads(
+def batch_grads(
     params: torch.Tensor,
     arch: Architecture,
     reg: Regularization,
@@ -188,14 +199,16 @@ def loss_and_grads(
     keys: torch.Tensor,
     step: torch.Tensor,
     dropout_layers: tuple[int, ...],
-    penalties: tuple[bool, bool],
-    matmul_dtype: torch.dtype = torch.float32,
+    bf16_min_macs: int | None = None,
+    first_row=0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One training batch for every member: (loss (M,), correct predictions (M,), gradient (M, P)).
+    """The data term of one training batch for every member, summed over its rows:
+    (cross-entropy (M,), correct predictions (M,), gradient of the cross-entropy (M, P)).
 
-    x is (M, B, inputs) and y (M, B): each member sees its own batch. `dropout_layers` and
-    `penalties` (any L1, any L2) say which parts any member uses, so the rest is not computed.
-    `matmul_dtype` bfloat16 runs the matmuls in bf16, as autocast would; all else stays float32.
+    x is (M, B, inputs) and y (M, B): each member sees its own batch. Sums, not means, so that a
+    batch can be processed in chunks (rows counted from `first_row`) and added up. `dropout_layers`
+    says which layers any member drops out before, so the rest draws no masks. Matmuls of at least
+    `bf16_min_macs` multiply-adds run in bf16, as autocast would; all else stays float32.
     """
     weights = layers(params, arch)
     num_layers = len(weights)
@@ -205,39 +218,31 @@ def loss_and_grads(
         if index in dropout_layers:
             rate = reg.dropout[:, index].view(-1, 1, 1)
             threshold = torch.round(rate * (1 << KEEP_BITS)).to(torch.int64)
-            keep = random_bits(keys, step, index, num_layers, h.shape[1:]) >= threshold
+            keep = random_bits(keys, step, index, num_layers, h.shape[1:], first_row) >= threshold
             masks[index] = keep.to(h.dtype) / (1 - rate)
             h = h * masks[index]
         inputs.append(h)
-        z = _matmul(h, kernel, matmul_dtype) + bias
+        z = _matmul(h, kernel, bf16_min_macs) + bias
         h = _activate(z, arch.activation) if index < num_layers - 1 else z
         outputs.append(h)
 
     log_probs = torch.log_softmax(h, dim=-1)
     nll = -log_probs.gather(-1, y.unsqueeze(-1)).squeeze(-1)
     correct = (h.argmax(-1) == y).sum(1)
-    batch = y.shape[1]
-    grad_z = (log_probs.exp() - torch.nn.functional.one_hot(y, arch.classes).to(h.dtype)) / batch
+    grad_z = log_probs.exp() - torch.nn.functional.one_hot(y, arch.classes).to(h.dtype)
 
     grads = []
     for index in reversed(range(num_layers)):
         kernel, _ = weights[index]
-        grad_kernel = _matmul(inputs[index].transpose(1, 2), grad_z, matmul_dtype)
-        if penalties[0]:
-            grad_kernel = grad_kernel + reg.l1.view(-1, 1, 1) * torch.sign(kernel)
-        if penalties[1]:
-            grad_kernel = grad_kernel + 2 * reg.l2.view(-1, 1, 1) * kernel
-        grads += [grad_z.sum(1), grad_kernel.flatten(1)]  # reversed below into (kernel, bias) order
+        grad_kernel = _matmul(inputs[index].transpose(1, 2), grad_z, bf16_min_macs)
+        grads.append((grad_kernel, grad_z.sum(1)))
         if index > 0:
-            grad_h = _matmul(grad_z, kernel.transpose(1, 2), matmul_dtype)
+            grad_h = _matmul(grad_z, kernel.transpose(1, 2), bf16_min_macs)
             if index in masks:
                 grad_h = grad_h * masks[index]
             grad_z = grad_h * _activation_grad(outputs[index - 1], arch.activation)
 
-    loss = nll.mean(1)
-    if any(penalties):
-        loss = loss + penalty(params, arch, reg)
-    return loss, correct, torch.cat(grads[::-1], dim=1)
+    return nll.sum(1), correct, grads[::-1]
 
 
 def summary(arch: Architecture, input_dropout: float, dropout: float) -> str:
