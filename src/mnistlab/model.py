@@ -182,12 +182,25 @@ def random_bits(
     return _shift_right(z, 64 - KEEP_BITS)
 
 
-def _matmul(a: torch.Tensor, b: torch.Tensor, bf16_min_macs: int | None) -> torch.Tensor:
-    """Batched matmul, float32 in and out; in bf16 (inputs rounded, float32 accumulation) when it has
-    at least `bf16_min_macs` multiply-adds, the size from which bf16 pays on this hardware."""
-    if bf16_min_macs is None or a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2] < bf16_min_macs:
-        return torch.bmm(a, b)
-    return torch.bmm(a.to(torch.bfloat16), b.to(torch.bfloat16)).float()
+def _layer_dtype(h: torch.Tensor, kernel: torch.Tensor, bf16_min_macs: int | None) -> torch.dtype:
+    """bfloat16 when a layer's matmuls have at least `bf16_min_macs` multiply-adds, the size from which
+    bf16 pays on this hardware; else float32. Forward, kernel gradient and input gradient of one layer
+    have the same size, so one decision serves all three."""
+    macs = h.shape[0] * h.shape[1] * h.shape[2] * kernel.shape[2]
+    return torch.bfloat16 if bf16_min_macs is not None and macs >= bf16_min_macs else torch.float32
+
+
+def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Batched a @ b in a's dtype (float32 accumulation), the result in float32.
+
+    A stack of one in bf16 takes a plain mm: oneDNN's batched bf16 kernel first copies an operand that
+    arrives transposed, as the kernel gradient's does, which made a 50k-row step's first layer twice as
+    slow. In float32, bmm is the faster of the two for the small matmuls of small batches.
+    """
+    b = b.to(a.dtype)
+    if a.dtype == torch.bfloat16 and a.shape[0] == 1:
+        return torch.mm(a[0], b[0]).float().unsqueeze(0)
+    return torch.bmm(a, b).float()
 
 
 def batch_grads(
@@ -202,13 +215,15 @@ def batch_grads(
     bf16_min_macs: int | None = None,
     first_row=0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The data term of one training batch for every member, summed over its rows:
-    (cross-entropy (M,), correct predictions (M,), gradient of the cross-entropy (M, P)).
+    """The data term of one training batch for every member, summed over its rows: cross-entropy (M,),
+    correct predictions (M,), and per layer the gradient of the cross-entropy as (kernel (M, in, out),
+    bias (M, out)).
 
     x is (M, B, inputs) and y (M, B): each member sees its own batch. Sums, not means, so that a
     batch can be processed in chunks (rows counted from `first_row`) and added up. `dropout_layers`
-    says which layers any member drops out before, so the rest draws no masks. Matmuls of at least
-    `bf16_min_macs` multiply-adds run in bf16, as autocast would; all else stays float32.
+    says which layers any member drops out before, so the rest draws no masks. Layers whose matmuls
+    have at least `bf16_min_macs` multiply-adds run them in bf16, as autocast would: their input is
+    rounded once, for the forward matmul and the kernel gradient alike. All else stays float32.
     """
     weights = layers(params, arch)
     num_layers = len(weights)
@@ -221,8 +236,9 @@ def batch_grads(
             keep = random_bits(keys, step, index, num_layers, h.shape[1:], first_row) >= threshold
             masks[index] = keep.to(h.dtype) / (1 - rate)
             h = h * masks[index]
+        h = h.to(_layer_dtype(h, kernel, bf16_min_macs))
         inputs.append(h)
-        z = _matmul(h, kernel, bf16_min_macs) + bias
+        z = _matmul(h, kernel) + bias
         h = _activate(z, arch.activation) if index < num_layers - 1 else z
         outputs.append(h)
 
@@ -234,10 +250,10 @@ def batch_grads(
     grads = []
     for index in reversed(range(num_layers)):
         kernel, _ = weights[index]
-        grad_kernel = _matmul(inputs[index].transpose(1, 2), grad_z, bf16_min_macs)
-        grads.append((grad_kernel, grad_z.sum(1)))
+        rounded = grad_z.to(inputs[index].dtype)
+        grads.append((_matmul(inputs[index].transpose(1, 2), rounded), grad_z.sum(1)))
         if index > 0:
-            grad_h = _matmul(grad_z, kernel.transpose(1, 2), bf16_min_macs)
+            grad_h = _matmul(rounded, kernel.transpose(1, 2))
             if index in masks:
                 grad_h = grad_h * masks[index]
             grad_z = grad_h * _activation_grad(outputs[index - 1], arch.activation)
