@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from mnistlab import model
+from mnistlab.engine import Engine
 from mnistlab.errors import MnistlabError
 from mnistlab.model import Architecture, Regularization
 
@@ -144,3 +145,8 @@ def test_save_and_load_round_trip(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
     with pytest.raises(MnistlabError, match="bad.safetensors: not a mnistlab model"):
         model.load(tmp_path / "bad.safetensors")
+
+
+def test_precision_decides_which_matmuls_run_in_bf16():
+    assert Engine(precision="fp32").bf16_min_macs is None
+    assert Engine(precision="bf16").bf16_min_macs > 0  # asked for explicitly, on any CPU, native or not
