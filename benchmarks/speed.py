@@ -5,8 +5,12 @@ validation pass each epoch included, for one model and for 7 in lockstep, in fp3
 The floor is the epoch's arithmetic divided by this machine's sustained fp32 matmul rate, measured in
 the same run. With TensorFlow installed, the same model in tf.keras runs back to back.
 
+Every measurement runs in a process of its own that, as the `mnistlab` command does, flushes denormals
+before anything starts a thread: what one measurement leaves behind (TensorFlow's thread pools, worker
+threads started without the flush) would slow the next by 10-15%.
+
     python benchmarks/speed.py [--data-dir DIR] [--batches 32 128 1024 full] [--stacks 1 7]
-                               [--precisions fp32 bf16] [--epochs 4] [--keras] [--study]
+                               [--precisions fp32 bf16] [--epochs 4] [--keras] [--study [--keep DIR]]
 """
 
 import argparse
@@ -21,7 +25,7 @@ from pathlib import Path
 import torch
 
 from mnistlab import data
-from mnistlab.engine import Engine
+from mnistlab.engine import Engine, flush_denormals
 from mnistlab.model import Architecture
 from mnistlab.train import Member, fit
 
@@ -56,17 +60,14 @@ def mnistlab_epoch(dataset, batch: int | None, stack: int, precision: str, epoch
     return statistics.median(e.seconds for e in fits[0].history[1:])
 
 
-def keras_epoch(dataset, batch: int | None, epochs: int) -> float | None:
-    try:
-        import keras
-    except ImportError:
-        return None
+def keras_epoch(dataset, batch: int | None, epochs: int) -> float:
+    import keras
 
     class Timer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             self.start = time.perf_counter()
 
-        def on_epoch_end(self, epoch, logs=None):
+        def on_epoch_end(self, epoch, logs=None):  # after the validation pass
             self.times.append(time.perf_counter() - self.start)
 
     layers = [keras.Input((784,))]
@@ -83,9 +84,33 @@ def keras_epoch(dataset, batch: int | None, epochs: int) -> float | None:
     return statistics.median(timer.times[1:])
 
 
-def study_seconds(seeds: int, data_dir: Path | None, precision: str) -> float:
-    with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, "-m", "mnistlab.cli", "study", "--out", out, "--quiet", "--seeds", str(seeds)]
+def measure(what: list[str], args: argparse.Namespace) -> list[float]:
+    """Run `--measure WHAT...` in a fresh process of this script and return the numbers it prints."""
+    command = [sys.executable, __file__, "--measure", *what, "--epochs", str(args.epochs)]
+    command += ["--data-dir", str(args.data_dir)] if args.data_dir else []
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(what)} failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+    return [float(word) for word in result.stdout.split()]
+
+
+def measure_here(what: list[str], args: argparse.Namespace) -> list[float]:
+    if what == ["matmul"]:
+        return [matmul_rate(torch.float32), matmul_rate(torch.bfloat16)]
+    dataset = data.load("mnist", args.data_dir, progress=False)
+    engine, batch_name, *rest = what
+    batch = None if batch_name == "full" else int(batch_name)
+    if engine == "keras":
+        return [keras_epoch(dataset, batch, args.epochs)]
+    stack, precision = rest
+    return [mnistlab_epoch(dataset, batch, int(stack), precision, args.epochs)]
+
+
+def command_seconds(args: list[str], data_dir: Path | None, precision: str, keep: Path | None) -> float:
+    """Wall time of one `mnistlab` command writing into a fresh folder (compiled kernels stay cached)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        out = keep / "-".join(a.lstrip("-") for a in args) if keep else Path(scratch) / "out"
+        command = [sys.executable, "-m", "mnistlab.cli", *args, "--out", str(out), "--quiet"]
         command += ["--precision", precision] + (["--data-dir", str(data_dir)] if data_dir else [])
         start = time.perf_counter()
         subprocess.run(command, check=True)
@@ -100,11 +125,16 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--epochs", type=int, default=4, help="per measurement; the first is not counted")
     parser.add_argument("--keras", action="store_true", help="also tf.keras (needs tensorflow)")
-    parser.add_argument("--study", action="store_true", help="also time `mnistlab study` with 1 and 5 seeds")
+    parser.add_argument("--study", action="store_true", help="also time study and run final, 1 and 5 seeds")
+    parser.add_argument("--keep", type=Path, default=None, help="keep what those commands write, below this folder")
+    parser.add_argument("--measure", nargs="+", help=argparse.SUPPRESS)  # one measurement, in a process of its own
     args = parser.parse_args()
+    if args.measure:
+        flush_denormals()
+        print(*measure_here(args.measure, args))
+        return
 
-    dataset = data.load("mnist", args.data_dir, progress=False)
-    fp32, bf16 = matmul_rate(torch.float32), matmul_rate(torch.bfloat16)
+    fp32, bf16 = measure(["matmul"], args)
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"sustained matmul (4096^2): fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.0f} GFLOP/s")
     gflop = epoch_gflop(FINAL, 50_000, 10_000)
@@ -115,11 +145,10 @@ def main() -> None:
         print("| batch | models | precision | s/epoch | s/epoch per model | GFLOP/s | x fp32 floor | tf.keras s/epoch "
               "| keras/mnistlab |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     for batch_name in args.batches:
-        batch = None if batch_name == "full" else int(batch_name)
-        keras = keras_epoch(dataset, batch, args.epochs) if args.keras else None
+        keras = measure(["keras", batch_name], args)[0] if args.keras else None
         for stack in args.stacks:
             for precision in args.precisions:
-                seconds = mnistlab_epoch(dataset, batch, stack, precision, args.epochs)
+                (seconds,) = measure(["mnistlab", batch_name, str(stack), precision], args)
                 per_model = seconds / stack
                 row = [batch_name, str(stack), precision, f"{seconds:.3f}", f"{per_model:.3f}",
                        f"{gflop / per_model:.0f}", f"{per_model / (gflop / fp32):.2f}"]  # fmt: skip
@@ -130,12 +159,10 @@ def main() -> None:
     if args.study:
         print()
         for precision in args.precisions:
-            one = study_seconds(1, args.data_dir, precision)
-            five = study_seconds(5, args.data_dir, precision)
-            print(
-                f"mnistlab study ({precision}): 1 seed {one:.0f} s, 5 seeds {five:.0f} s ({five / one:.2f}x)",
-                flush=True,
-            )
+            for name, command in (("mnistlab study", ["study"]), ("mnistlab run final", ["run", "final"])):
+                one = command_seconds(command, args.data_dir, precision, args.keep)
+                five = command_seconds([*command, "--seeds", "5"], args.data_dir, precision, args.keep)
+                print(f"{name} ({precision}): 1 seed {one:.0f} s, 5 seeds {five:.0f} s ({five / one:.2f}x)", flush=True)
 
 
 if __name__ == "__main__":
