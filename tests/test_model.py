@@ -93,9 +93,9 @@ def test_bf16_matmuls_stay_close_to_float32():
     x, y = torch.rand(2, 64, 784), torch.randint(0, 10, (2, 64))
     args = (torch.tensor([3, 4]), torch.tensor(0), (0, 1, 2))
     loss32, _, grads32 = model.batch_grads(params, FINAL, reg, x, y, *args)
-    loss16, _, grads16 = model.batch_grads(params, FINAL, reg, x, y, *args, bf16_min_macs=1 << 21)
+    loss16, _, grads16 = model.batch_grads(params, FINAL, reg, x, y, *args, bf16_layers=(0, 1))
     grad32, grad16 = (torch.cat([g.flatten(1) for pair in grads for g in pair], 1) for grads in (grads32, grads16))
-    assert not torch.equal(grad16, grad32)  # the first layer (2 x 64 x 784 x 128 MACs) did run in bf16
+    assert not torch.equal(grad16, grad32)
     torch.testing.assert_close(loss16, loss32, rtol=1e-2, atol=0)
     assert torch.nn.functional.cosine_similarity(grad16, grad32).min() > 0.99  # bf16 keeps 8 bits
 
@@ -147,6 +147,9 @@ def test_save_and_load_round_trip(tmp_path):
         model.load(tmp_path / "bad.safetensors")
 
 
-def test_precision_decides_which_matmuls_run_in_bf16():
-    assert Engine(precision="fp32").bf16_min_macs is None
-    assert Engine(precision="bf16").bf16_min_macs > 0  # asked for explicitly, on any CPU, native or not
+def test_bf16_layers_depend_on_the_batch_not_on_the_stack():
+    assert Engine(precision="fp32").bf16_layers(FINAL.shapes, 50_000) == ()
+    bf16 = Engine(precision="bf16")  # asked for explicitly: on any CPU, native or not
+    assert bf16.bf16_layers(FINAL.shapes, 50_000)[0] == 0  # a full batch: the first layer at least
+    small, large = bf16.bf16_layers(FINAL.shapes, 32), bf16.bf16_layers(FINAL.shapes, 1024)
+    assert set(small) <= set(large) and 5 not in large  # the 32 x 10 output layer is always too small

@@ -56,9 +56,7 @@ def test_adam_follows_keras_formula():
         m = 0.9 * m + 0.1 * grad
         v = 0.999 * v + 0.001 * grad**2
         expected = expected - 0.01 * math.sqrt(1 - 0.999**t) / (1 - 0.9**t) * m / (v.sqrt() + ADAM_EPSILON)
-        train_step(
-            state, x, y, batch, totals, arch=SMALL, dropout_layers=(), penalties=(False, True), bf16_min_macs=None
-        )
+        train_step(state, x, y, batch, totals, arch=SMALL, dropout_layers=(), penalties=(False, True), bf16_layers=())
         torch.testing.assert_close(state.params, expected)
     assert state.step.item() == 3
 

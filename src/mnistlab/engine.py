@@ -24,18 +24,22 @@ class Engine:
     progress: bool = False
     label: str = ""
 
-    @property
-    def bf16_min_macs(self) -> int | None:
-        """The smallest matmul (multiply-adds) the training step runs in bf16; None: all in float32."""
-        return None if self.precision == "fp32" else BF16_MIN_MACS[bf16_hardware(self.device)]
+    def bf16_layers(self, shapes: list[tuple[int, int]], batch_rows: int) -> tuple[int, ...]:
+        """The layers (of these (inputs, outputs) shapes) whose matmuls run in bf16 for a model trained on
+        batches of `batch_rows` rows. Decided per model, never per stack, so that a model's precision does
+        not depend on the runs it happens to train beside."""
+        if self.precision == "fp32":
+            return ()
+        least = BF16_MIN_MACS[bf16_hardware(self.device)]
+        return tuple(i for i, (n_in, n_out) in enumerate(shapes) if batch_rows * n_in * n_out >= least)
 
 
 # A bf16 matmul pays only when its faster arithmetic outweighs what it costs per call on top of a
-# float32 one: on CPU, oneDNN reorders the weights each call, and AMX also sets up its tiles. Measured
-# on 2 cores, the final model, seconds per epoch fp32 / bf16-for-every-large-enough-matmul:
-#   AMD EPYC, AVX512-BF16 (threshold 2M): batch 32 0.45 / 0.41, batch 128 0.34 / 0.28
-#   Intel Xeon, AMX (threshold 2M): batch 32 0.70 / 0.85, batch 128 0.32 / 0.37, 7 models at batch 128
-#   (90M multiply-adds per first-layer matmul) 1.82 / 1.51, batch 1024 0.21 / 0.16
+# float32 one: on CPU, oneDNN reorders the weights each call, and AMX also sets up its tiles. The
+# smallest layer worth it, in multiply-adds per model and batch; measured on 2 cores, the final model,
+# seconds per epoch fp32 / bf16 for every layer of 2M multiply-adds or more:
+#   AMD EPYC, AVX512-BF16: batch 32 (3.2M in the first layer) 0.45 / 0.41, batch 128 0.34 / 0.28
+#   Intel Xeon, AMX: batch 32 0.70 / 0.85, batch 128 0.32 / 0.37, batch 1024 (103M) 0.21 / 0.16
 # No native bf16 (an explicit --precision bf16): emulated, as asked, with the AVX512-BF16 threshold.
 BF16_MIN_MACS = {"cuda": 0, "amx": 1 << 25, "avx512_bf16": 1 << 21, None: 1 << 21}
 

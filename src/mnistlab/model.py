@@ -182,14 +182,6 @@ def random_bits(
     return _shift_right(z, 64 - KEEP_BITS)
 
 
-def _layer_dtype(h: torch.Tensor, kernel: torch.Tensor, bf16_min_macs: int | None) -> torch.dtype:
-    """bfloat16 when a layer's matmuls have at least `bf16_min_macs` multiply-adds, the size from which
-    bf16 pays on this hardware; else float32. Forward, kernel gradient and input gradient of one layer
-    have the same size, so one decision serves all three."""
-    macs = h.shape[0] * h.shape[1] * h.shape[2] * kernel.shape[2]
-    return torch.bfloat16 if bf16_min_macs is not None and macs >= bf16_min_macs else torch.float32
-
-
 def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Batched a @ b in a's dtype (float32 accumulation), the result in float32.
 
@@ -212,7 +204,7 @@ def batch_grads(
     keys: torch.Tensor,
     step: torch.Tensor,
     dropout_layers: tuple[int, ...],
-    bf16_min_macs: int | None = None,
+    bf16_layers: tuple[int, ...] = (),
     first_row=0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The data term of one training batch for every member, summed over its rows: cross-entropy (M,),
@@ -221,9 +213,9 @@ def batch_grads(
 
     x is (M, B, inputs) and y (M, B): each member sees its own batch. Sums, not means, so that a
     batch can be processed in chunks (rows counted from `first_row`) and added up. `dropout_layers`
-    says which layers any member drops out before, so the rest draws no masks. Layers whose matmuls
-    have at least `bf16_min_macs` multiply-adds run them in bf16, as autocast would: their input is
-    rounded once, for the forward matmul and the kernel gradient alike. All else stays float32.
+    says which layers any member drops out before, so the rest draws no masks. The layers in
+    `bf16_layers` run their matmuls in bf16, as autocast would: their input is rounded once, for the
+    forward matmul and the kernel gradient alike. All else stays float32.
     """
     weights = layers(params, arch)
     num_layers = len(weights)
@@ -236,7 +228,8 @@ def batch_grads(
             keep = random_bits(keys, step, index, num_layers, h.shape[1:], first_row) >= threshold
             masks[index] = keep.to(h.dtype) / (1 - rate)
             h = h * masks[index]
-        h = h.to(_layer_dtype(h, kernel, bf16_min_macs))
+        if index in bf16_layers:
+            h = h.to(torch.bfloat16)
         inputs.append(h)
         z = _matmul(h, kernel) + bias
         h = _activate(z, arch.activation) if index < num_layers - 1 else z

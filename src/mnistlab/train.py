@@ -106,20 +106,20 @@ class StackState:
     reg: Regularization
 
 
-def train_step(state: StackState, x, y, batch, totals, *, arch, dropout_layers, penalties, bf16_min_macs):
+def train_step(state: StackState, x, y, batch, totals, *, arch, dropout_layers, penalties, bf16_layers):
     """One mini-batch for every member, batch (M, B) being row indices into x and y: forward,
     backward, Adam. Compiled, it is one graph."""
     nll, correct, grads = batch_grads(
-        state.params, arch, state.reg, x[batch], y[batch], state.keys, state.step, dropout_layers, bf16_min_macs
+        state.params, arch, state.reg, x[batch], y[batch], state.keys, state.step, dropout_layers, bf16_layers
     )
     apply_gradients(state, totals, nll, correct, grads, batch.shape[1], arch, penalties)
 
 
-def chunk_grads(state: StackState, x, y, first_row, *, arch, dropout_layers, bf16_min_macs):
+def chunk_grads(state: StackState, x, y, first_row, *, arch, dropout_layers, bf16_layers):
     """The summed data gradient of rows first_row.. of a full batch, which every member sees whole."""
     xs, ys = x.expand(len(state.params), *x.shape), y.expand(len(state.params), *y.shape)
     return batch_grads(
-        state.params, arch, state.reg, xs, ys, state.keys, state.step, dropout_layers, bf16_min_macs, first_row
+        state.params, arch, state.reg, xs, ys, state.keys, state.step, dropout_layers, bf16_layers, first_row
     )
 
 
@@ -218,7 +218,7 @@ class _Stack:
         fixed = {
             "arch": arch,
             "dropout_layers": tuple(i for i in range(len(arch.shapes)) if reg.dropout[:, i].any()),
-            "bf16_min_macs": engine.bf16_min_macs,
+            "bf16_layers": engine.bf16_layers(arch.shapes, self.batch_size),
         }
         self.full_batch = self.batch_size == len(self.y)
         if self.full_batch:
