@@ -7,6 +7,7 @@ import torch
 from mnistlab import model
 from mnistlab.engine import Engine
 from mnistlab.model import Architecture, Regularization
+from mnistlab.runs import curve_marks
 from mnistlab.train import (
     ADAM_EPSILON,
     EarlyStopping,
@@ -159,10 +160,20 @@ def test_protocol_retrains_for_the_epochs_phase_one_ran(small_mnist):
     members = [
         Member(seed=0, learning_rate=1e-2, epochs=30, early_stopping=rule),
         Member(seed=1, learning_rate=1e-3, epochs=2),
+        Member(seed=0, learning_rate=1e-2, epochs=30, early_stopping=replace(rule, restore_best_weights=False)),
     ]
-    early, plain = train_protocol(SMALL, members, small_mnist, 64, EAGER)
+    early, plain, kept = train_protocol(SMALL, members, small_mnist, 64, EAGER)
     assert early.metrics["epochs"]["phase2"] == early.phase1.epochs < 30
-    assert early.metrics["early_stopping"]["stopped_early"]
+    stopping = early.metrics["early_stopping"]
+    assert stopping["stopped_early"] and stopping["restored_best_weights"]
+    assert curve_marks(early) == {
+        "lowest validation loss": stopping["best_epoch"],
+        "restored best epoch": stopping["best_epoch"],
+        "early stop": early.phase1.epochs,
+    }
+    # The same run without restoring: the curves mark no restored epoch, which would mislead.
+    assert not kept.metrics["early_stopping"]["restored_best_weights"]
+    assert "restored best epoch" not in curve_marks(kept) and "early stop" in curve_marks(kept)
     assert plain.metrics["epochs"] == {"phase1": 2, "phase2": 2}
     assert [e.eval_loss for e in plain.phase2.history] != [e.eval_loss for e in plain.phase1.history]
     for split in ("train", "validation", "full", "test"):

@@ -179,7 +179,7 @@ def write_analysis(folder: Path, result: Result, arch: model.Architecture, datas
     (folder / "analysis.json").write_text(json.dumps(analysis.to_dict(), indent=1) + "\n")
     history = read_history(folder)  # the curves are drawn from the file, as for several seeds
     figures.validation_curves(
-        [phase_columns(history, 1)], folder / "validation_curves.png", f"{title}: training on 50k", _marks(result)
+        [phase_columns(history, 1)], folder / "validation_curves.png", f"{title}: training on 50k", curve_marks(result)
     )
     figures.retraining_curve(
         [phase_columns(history, 2)], folder / "retraining_curve.png", f"{title}: retraining on 60k"
@@ -201,11 +201,12 @@ def write_analysis(folder: Path, result: Result, arch: model.Architecture, datas
     return analysis
 
 
-def _marks(result: Result) -> dict[str, float]:
+def curve_marks(result: Result) -> dict[str, float]:
+    """The epochs the validation curves mark: lowest validation loss, restored weights, early stop."""
     losses = [e.eval_loss for e in result.phase1.history]
     marks = {"lowest validation loss": 1 + losses.index(min(losses))}
     stopping = result.metrics["early_stopping"]
-    if stopping["best_epoch"] is not None:
+    if stopping["restored_best_weights"]:
         marks["restored best epoch"] = stopping["best_epoch"]
     if stopping["stopped_early"]:
         marks["early stop"] = result.phase1.epochs

@@ -79,6 +79,7 @@ class Fit:
     history: list[Epoch]
     best_epoch: int | None  # by the early-stopping monitor
     stopped_early: bool
+    restored_best: bool = False  # params are the best epoch's, not the last one's
 
     @property
     def epochs(self) -> int:
@@ -320,7 +321,13 @@ class _Tracker:
         for member, stopper in enumerate(self.stoppers):
             final = self.best_params[member] if self.restoring[member] else params[member]
             fits.append(
-                Fit(final.clone(), self.histories[member], stopper and stopper.best_epoch, self.stopped[member])
+                Fit(
+                    final.clone(),
+                    self.histories[member],
+                    stopper and stopper.best_epoch,
+                    self.stopped[member],
+                    self.restoring[member],
+                )
             )
         return fits
 
@@ -399,6 +406,10 @@ def train_protocol(
             split: {"loss": loss[member].item(), "accuracy": acc[member].item()} for split, (loss, acc) in clean.items()
         }
         metrics["epochs"] = {"phase1": first.epochs, "phase2": second.epochs}
-        metrics["early_stopping"] = {"stopped_early": first.stopped_early, "best_epoch": first.best_epoch}
+        metrics["early_stopping"] = {
+            "stopped_early": first.stopped_early,
+            "best_epoch": first.best_epoch,
+            "restored_best_weights": first.restored_best,
+        }
         results.append(Result(first, second, metrics, seconds))
     return results
