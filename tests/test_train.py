@@ -84,9 +84,11 @@ def test_full_batch_in_chunks_equals_one_chunk(monkeypatch):
     members = [Member(seed=0, learning_rate=1e-3, epochs=3, input_dropout=0.2, dropout=0.1, l1=1e-4)]
     monkeypatch.setattr("mnistlab.train.FULL_BATCH_ROWS", 10**6)
     (whole,) = fit(SMALL, members, train, evaluation, None, 1, EAGER)
-    monkeypatch.setattr("mnistlab.train.FULL_BATCH_ROWS", 1)  # chunks of the minimum, 256 rows: 256, 256, 88
+    monkeypatch.setattr("mnistlab.train.FULL_BATCH_ROWS", 1)  # chunks of at most 256 rows: 200, 200, 200
     (chunked,) = fit(SMALL, members, train, evaluation, None, 1, EAGER)
-    torch.testing.assert_close(chunked.params, whole.params, rtol=1e-5, atol=1e-7)
+    # Within a thousandth of one Adam step (lr 1e-3): Adam divides by sqrt(v), which magnifies rounding
+    # differences in the gradients of weights whose gradients are tiny.
+    torch.testing.assert_close(chunked.params, whole.params, rtol=1e-5, atol=1e-6)
     assert [e.loss for e in chunked.history] == pytest.approx([e.loss for e in whole.history], rel=1e-5)
 
 

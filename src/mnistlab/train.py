@@ -258,7 +258,9 @@ class _Stack:
     def _full_batch_step(self, totals) -> None:
         """One step over all rows, in order (their order cannot matter), as gradients summed over row
         chunks: activations of a whole 50k batch would be allocated, page-faulted in and freed every step."""
-        chunk_rows = max(256, FULL_BATCH_ROWS // len(self.state.params))
+        # Chunks of (nearly) equal size: a short last chunk would make the compiler specialise again.
+        chunks = -(-len(self.y) // max(256, FULL_BATCH_ROWS // len(self.state.params)))
+        chunk_rows = -(-len(self.y) // chunks)
         nll = correct = 0
         grads = None
         for start in range(0, len(self.y), chunk_rows):
