@@ -135,6 +135,16 @@ def add_penalty_grad(kernel: torch.Tensor, grad: torch.Tensor, reg: Regularizati
     return grad
 
 
+def mean_grad(params, arch: Architecture, reg: Regularization, grads, rows: int, penalties: tuple[bool, bool]):
+    """(M, P) flat gradient of a batch's mean loss, penalty included, from `batch_grads`' per-layer sums
+    over its `rows` rows. Each kernel's penalty is added before the layers are concatenated, so that the
+    compiler fuses it into the optimizer's single pass over the parameters."""
+    flat = []
+    for (kernel, _), (grad_kernel, grad_bias) in zip(layers(params, arch), grads, strict=True):
+        flat += [add_penalty_grad(kernel, grad_kernel / rows, reg, penalties).flatten(1), grad_bias / rows]
+    return torch.cat(flat, dim=1)
+
+
 @torch.no_grad()
 def evaluate(
     params: torch.Tensor, arch: Architecture, reg: Regularization, x: torch.Tensor, y: torch.Tensor

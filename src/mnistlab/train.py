@@ -22,16 +22,7 @@ from tqdm import tqdm
 
 from mnistlab.data import Dataset
 from mnistlab.engine import Engine, compile_step, flush_denormals, room_to_recompile
-from mnistlab.model import (
-    Architecture,
-    Regularization,
-    add_penalty_grad,
-    batch_grads,
-    evaluate,
-    init_params,
-    layers,
-    penalty,
-)
+from mnistlab.model import Architecture, Regularization, batch_grads, evaluate, init_params, mean_grad, penalty
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPSILON = 1e-7  # Keras' default; PyTorch's is 1e-8
@@ -126,10 +117,8 @@ def chunk_grads(state: StackState, x, y, first_row, *, arch, dropout_layers, bf1
 
 def apply_gradients(state: StackState, totals, nll, correct, grads, rows, arch, penalties) -> None:
     """The end of every step: the mean over the batch's rows, the penalty, Keras' Adam, the running totals."""
-    loss, flat = nll / rows, []
-    for (kernel, _), (grad_kernel, grad_bias) in zip(layers(state.params, arch), grads, strict=True):
-        flat += [add_penalty_grad(kernel, grad_kernel / rows, state.reg, penalties).flatten(1), grad_bias / rows]
-    grad = torch.cat(flat, dim=1)
+    loss = nll / rows
+    grad = mean_grad(state.params, arch, state.reg, grads, rows, penalties)
     if any(penalties):
         loss = loss + penalty(state.params, arch, state.reg)
     beta1, beta2 = ADAM_BETAS
