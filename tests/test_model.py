@@ -74,9 +74,10 @@ def test_hand_written_backward_matches_autograd(activation):
     reg = _regularization(3, arch, rates=[0.0, 0.2, 0.5], l1=[0.0, 1e-3, 0.0], l2=[1e-2, 0.0, 1e-3])
     x, y = torch.rand(3, 12, 20), torch.randint(0, 10, (3, 12))
     keys, step = torch.tensor([11, 22, 33]), torch.tensor(5)
-    nll, correct, grads = model.batch_grads(params, arch, reg, x, y, keys, step, (0, 1, 2))
-    loss = nll / 12 + model.penalty(params, arch, reg)
-    grad = model.mean_grad(params, arch, reg, grads, 12, (True, True))
+    weights = model.layers(params, arch)
+    nll, correct, grads = model.batch_grads(weights, arch, reg, x, y, keys, step, (0, 1, 2))
+    loss = nll / 12 + model.penalty(weights, reg)
+    grad = model.flat(model.mean_grads(weights, reg, grads, 12, (True, True)))
     ref_loss, ref_grad = _reference(params, arch, reg, x, y, keys, step, activation)
     torch.testing.assert_close(loss, ref_loss)
     torch.testing.assert_close(grad, ref_grad)
@@ -89,9 +90,10 @@ def test_bf16_matmuls_stay_close_to_float32():
     reg = _regularization(2, FINAL, rates=[0.1, 0.0], l1=[0.0, 0.0], l2=[0.0, 1e-5])
     x, y = torch.rand(2, 64, 784), torch.randint(0, 10, (2, 64))
     args = (torch.tensor([3, 4]), torch.tensor(0), (0, 1, 2))
-    loss32, _, grads32 = model.batch_grads(params, FINAL, reg, x, y, *args)
-    loss16, _, grads16 = model.batch_grads(params, FINAL, reg, x, y, *args, bf16_layers=(0, 1))
-    grad32, grad16 = (torch.cat([g.flatten(1) for pair in grads for g in pair], 1) for grads in (grads32, grads16))
+    weights = model.layers(params, FINAL)
+    loss32, _, grads32 = model.batch_grads(weights, FINAL, reg, x, y, *args)
+    loss16, _, grads16 = model.batch_grads(weights, FINAL, reg, x, y, *args, bf16_layers=(0, 1))
+    grad32, grad16 = model.flat(grads32), model.flat(grads16)
     assert not torch.equal(grad16, grad32)
     torch.testing.assert_close(loss16, loss32, rtol=1e-2, atol=0)
     assert torch.nn.functional.cosine_similarity(grad16, grad32).min() > 0.99  # bf16 keeps 8 bits
@@ -103,7 +105,7 @@ def test_penalty_matches_hand_computation():
     params = torch.tensor([[1.0, -2, 3, -4, 5, 6, -1, 1, -1, 1, 7, 8]])
     reg = _regularization(1, arch, rates=[0.0], l1=[0.01], l2=[0.001])
     # biases excluded: sum|W| = 10 + 4 = 14, sum W^2 = 30 + 4 = 34
-    assert model.penalty(params, arch, reg).item() == pytest.approx(0.01 * 14 + 0.001 * 34)
+    assert model.penalty(model.layers(params, arch), reg).item() == pytest.approx(0.01 * 14 + 0.001 * 34)
     # its gradient on each kernel: l1 * sign(W) + 2 * l2 * W
     kernel = model.layers(params, arch)[0][0]
     expected = [[0.01 * 1 + 0.002 * 1, 0.01 * -1 + 0.002 * -2], [0.01 * 1 + 0.002 * 3, 0.01 * -1 + 0.002 * -4]]

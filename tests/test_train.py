@@ -35,25 +35,14 @@ def test_adam_follows_keras_formula():
     member = Member(seed=3, learning_rate=0.01, epochs=1, l2=1e-3)
     reg = Regularization.of(SMALL, [vars(member)], torch.device("cpu"))
     params = model.init_params(SMALL, [member.seed], torch.device("cpu"))
-    state = StackState(
-        params=params.clone(),
-        adam_m=torch.zeros_like(params),
-        adam_v=torch.zeros_like(params),
-        beta_powers=torch.ones(2),
-        step=torch.zeros((), dtype=torch.int64),
-        keys=torch.tensor([1]),
-        learning_rate=torch.tensor([0.01]),
-        active=torch.ones(1),
-        reg=reg,
-    )
+    state = StackState.start(SMALL, params, keys=torch.tensor([1]), learning_rate=torch.tensor([0.01]), reg=reg)
     batch, totals = torch.arange(32).view(1, 32), (torch.zeros(1), torch.zeros(1))
     expected, m, v = params, torch.zeros_like(params), torch.zeros_like(params)
     for t in range(1, 4):
-        _, _, grads = model.batch_grads(expected, SMALL, reg, x[batch], y[batch], state.keys, state.step, ())
-        parts = []
-        for (kernel, _), (grad_kernel, grad_bias) in zip(model.layers(expected, SMALL), grads, strict=True):
-            parts += [(grad_kernel / 32 + 2 * 1e-3 * kernel).flatten(1), grad_bias / 32]  # L2 on kernels only
-        grad = torch.cat(parts, dim=1)
+        weights = model.layers(expected, SMALL)
+        _, _, grads = model.batch_grads(weights, SMALL, reg, x[batch], y[batch], state.keys, state.step, ())
+        pairs = zip(weights, grads, strict=True)
+        grad = model.flat([(gk / 32 + 2 * 1e-3 * kernel, gb / 32) for (kernel, _), (gk, gb) in pairs])  # L2: kernels
         m = 0.9 * m + 0.1 * grad
         v = 0.999 * v + 0.001 * grad**2
         expected = expected - 0.01 * math.sqrt(1 - 0.999**t) / (1 - 0.9**t) * m / (v.sqrt() + ADAM_EPSILON)

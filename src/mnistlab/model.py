@@ -1,13 +1,14 @@
 """The multi-layer perceptron of the lab report, as a stack of M independent models.
 
-Every model mnistlab trains is a member of a stack: M models of one architecture whose parameters
-live in one (M, P) tensor, so that the presets and seeds that differ only in numbers (penalties,
+Every model mnistlab trains is a member of a stack: M models of one architecture whose weights
+have a leading member axis, so that the presets and seeds that differ only in numbers (penalties,
 dropout rates, seeds) train together with batched matmuls. A single model is a stack of one.
 
-Parameters are flat so that the optimizer updates all of them in a few fused operations; `layers`
-gives the (M, in, out) kernel and (M, 1, out) bias views into it. The backward pass is written out by
-hand (it is short for an MLP) so that one training step, Adam included, is a single graph that
-`torch.compile` fuses, with no autograd bookkeeping per step. `test_model.py` checks it against autograd.
+Whole models (evaluation, best weights, files) are flat (M, P) tensors; training works on each
+layer's (kernel (M, in, out), bias (M, 1, out)) pair. `layers` gives those pairs as views into flat
+parameters and `flat` joins pairs back. The backward pass is written out by hand (it is short for an
+MLP) so that one training step, Adam included, is a single graph that `torch.compile` fuses, with no
+autograd bookkeeping per step. `test_model.py` checks it against autograd.
 
 Keras conventions throughout, so the report's recipes behave as they did in Keras: Glorot-uniform
 kernels and zero biases, inverted dropout *before* each Dense layer, L1/L2 penalties on kernels only
@@ -117,10 +118,15 @@ def logits(params: torch.Tensor, arch: Architecture, x: torch.Tensor) -> torch.T
     return h
 
 
-def penalty(params: torch.Tensor, arch: Architecture, reg: Regularization) -> torch.Tensor:
-    """(M,) L1 + L2 penalty on the kernels, as Keras adds it to the loss."""
-    total = torch.zeros(params.shape[0], device=params.device)
-    for kernel, _ in layers(params, arch):
+def flat(per_layer) -> torch.Tensor:
+    """(M, P) flat parameters (or gradients) from per-layer (kernel, bias) pairs, the inverse of `layers`."""
+    return torch.cat([tensor.flatten(1) for pair in per_layer for tensor in pair], dim=1)
+
+
+def penalty(weights, reg: Regularization) -> torch.Tensor:
+    """(M,) L1 + L2 penalty on the kernels of per-layer (kernel, bias) weights, as Keras adds it to the loss."""
+    total = torch.zeros(len(reg.l1), device=reg.l1.device)
+    for kernel, _ in weights:
         per_weight = reg.l1.view(-1, 1, 1) * kernel.abs() + reg.l2.view(-1, 1, 1) * kernel.square()
         total = total + per_weight.sum((1, 2))
     return total
@@ -135,14 +141,13 @@ def add_penalty_grad(kernel: torch.Tensor, grad: torch.Tensor, reg: Regularizati
     return grad
 
 
-def mean_grad(params, arch: Architecture, reg: Regularization, grads, rows: int, penalties: tuple[bool, bool]):
-    """(M, P) flat gradient of a batch's mean loss, penalty included, from `batch_grads`' per-layer sums
-    over its `rows` rows. Each kernel's penalty is added before the layers are concatenated, so that the
-    compiler fuses it into the optimizer's single pass over the parameters."""
-    flat = []
-    for (kernel, _), (grad_kernel, grad_bias) in zip(layers(params, arch), grads, strict=True):
-        flat += [add_penalty_grad(kernel, grad_kernel / rows, reg, penalties).flatten(1), grad_bias / rows]
-    return torch.cat(flat, dim=1)
+def mean_grads(weights, reg: Regularization, grads, rows: int, penalties: tuple[bool, bool]):
+    """Per layer, the (kernel, bias) gradient of a batch's mean loss, penalty included, from
+    `batch_grads`' sums over its `rows` rows."""
+    return [
+        (add_penalty_grad(kernel, grad_kernel / rows, reg, penalties), grad_bias / rows)
+        for (kernel, _), (grad_kernel, grad_bias) in zip(weights, grads, strict=True)
+    ]
 
 
 @torch.no_grad()
@@ -159,7 +164,7 @@ def evaluate(
         target = y[start : start + chunk].expand(out.shape[0], -1)
         nll += torch.nn.functional.cross_entropy(out.transpose(1, 2), target, reduction="none").sum(1)
         correct += (out.argmax(-1) == target).sum(1)
-    return nll / len(y) + penalty(params, arch, reg), correct / len(y)
+    return nll / len(y) + penalty(layers(params, arch), reg), correct / len(y)
 
 
 # Dropout masks are a pure function of (member key, step, layer, position): the n-th output of a
@@ -206,7 +211,7 @@ def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def batch_grads(
-    params: torch.Tensor,
+    weights: list[tuple[torch.Tensor, torch.Tensor]],
     arch: Architecture,
     reg: Regularization,
     x: torch.Tensor,
@@ -219,15 +224,15 @@ def batch_grads(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The data term of one training batch for every member, summed over its rows: cross-entropy (M,),
     correct predictions (M,), and per layer the gradient of the cross-entropy as (kernel (M, in, out),
-    bias (M, out)).
+    bias (M, 1, out)): shaped as the weights.
 
-    x is (M, B, inputs) and y (M, B): each member sees its own batch. Sums, not means, so that a
+    `weights` are per layer (kernel (M, in, out), bias (M, 1, out)). x is (M, B, inputs) and y (M, B):
+    each member sees its own batch. Sums, not means, so that a
     batch can be processed in chunks (rows counted from `first_row`) and added up. `dropout_layers`
     says which layers any member drops out before, so the rest draws no masks. The layers in
     `bf16_layers` run their matmuls in bf16, as autocast would: their input is rounded once, for the
     forward matmul and the kernel gradient alike. All else stays float32.
     """
-    weights = layers(params, arch)
     num_layers = len(weights)
     inputs, masks, outputs = [], {}, []  # per layer: what fed the kernel, dropout scale masks, activations
     h = x
@@ -254,7 +259,7 @@ def batch_grads(
     for index in reversed(range(num_layers)):
         kernel, _ = weights[index]
         rounded = grad_z.to(inputs[index].dtype)
-        grads.append((_matmul(inputs[index].transpose(1, 2), rounded), grad_z.sum(1)))
+        grads.append((_matmul(inputs[index].transpose(1, 2), rounded), grad_z.sum(1, keepdim=True)))
         if index > 0:
             grad_h = _matmul(rounded, kernel.transpose(1, 2))
             if index in masks:

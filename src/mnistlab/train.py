@@ -15,6 +15,7 @@ import math
 import time
 from dataclasses import dataclass, replace
 from functools import partial
+from itertools import chain
 
 import numpy as np
 import torch
@@ -22,7 +23,17 @@ from tqdm import tqdm
 
 from mnistlab.data import Dataset
 from mnistlab.engine import Engine, compile_step, flush_denormals, room_to_recompile
-from mnistlab.model import Architecture, Regularization, batch_grads, evaluate, init_params, mean_grad, penalty
+from mnistlab.model import (
+    Architecture,
+    Regularization,
+    batch_grads,
+    evaluate,
+    flat,
+    init_params,
+    layers,
+    mean_grads,
+    penalty,
+)
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPSILON = 1e-7  # Keras' default; PyTorch's is 1e-8
@@ -85,11 +96,16 @@ def seed_for(seed: int, stream: str) -> int:
 
 @dataclass
 class StackState:
-    """Everything a training step reads or changes, on the device; a step changes it in place."""
+    """Everything a training step reads or changes, on the device; a step changes it in place.
 
-    params: torch.Tensor  # (M, P) flat parameters, see model.layers
-    adam_m: torch.Tensor  # (M, P) Adam's first moment
-    adam_v: torch.Tensor  # (M, P) Adam's second moment
+    Weights and Adam's moments are kept per layer, each a tensor of its own, rather than as views into
+    one flat tensor: the compiler then fuses each layer's update into the kernel that finishes its
+    gradient, where one flat update would first copy every gradient into a concatenated buffer.
+    """
+
+    weights: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (kernel (M, in, out), bias (M, 1, out))
+    adam_m: list[tuple[torch.Tensor, torch.Tensor]]  # Adam's first moment, shaped as the weights
+    adam_v: list[tuple[torch.Tensor, torch.Tensor]]  # Adam's second moment
     beta_powers: torch.Tensor  # (2,) beta1**t and beta2**t after t steps
     step: torch.Tensor  # () int64 steps taken, which also numbers the dropout masks
     keys: torch.Tensor  # (M,) int64 key of each member's dropout stream
@@ -97,38 +113,62 @@ class StackState:
     active: torch.Tensor  # (M,) 1 while a member trains, 0 once it is done: its updates vanish
     reg: Regularization
 
+    @classmethod
+    def start(cls, arch: Architecture, params: torch.Tensor, keys, learning_rate, reg: Regularization):
+        """A fresh state from (M, P) initial parameters: Adam's moments zero, no step taken."""
+        weights = [(kernel.clone(), bias.clone()) for kernel, bias in layers(params, arch)]
+        zeros = [[(torch.zeros_like(kernel), torch.zeros_like(bias)) for kernel, bias in weights] for _ in "mv"]
+        return cls(
+            weights,
+            *zeros,
+            beta_powers=torch.ones(2, device=params.device),
+            step=torch.zeros((), dtype=torch.int64, device=params.device),
+            keys=keys,
+            learning_rate=learning_rate,
+            active=torch.ones(len(params), device=params.device),
+            reg=reg,
+        )
+
+    @property
+    def params(self) -> torch.Tensor:
+        """(M, P) a flat copy of the weights."""
+        return flat(self.weights)
+
 
 def train_step(state: StackState, x, y, batch, totals, *, arch, dropout_layers, penalties, bf16_layers):
     """One mini-batch for every member, batch (M, B) being row indices into x and y: forward,
     backward, Adam. Compiled, it is one graph."""
     nll, correct, grads = batch_grads(
-        state.params, arch, state.reg, x[batch], y[batch], state.keys, state.step, dropout_layers, bf16_layers
+        state.weights, arch, state.reg, x[batch], y[batch], state.keys, state.step, dropout_layers, bf16_layers
     )
-    apply_gradients(state, totals, nll, correct, grads, batch.shape[1], arch, penalties)
+    apply_gradients(state, totals, nll, correct, grads, batch.shape[1], penalties)
 
 
 def chunk_grads(state: StackState, x, y, first_row, *, arch, dropout_layers, bf16_layers):
     """The summed data gradient of rows first_row.. of a full batch, which every member sees whole."""
-    xs, ys = x.expand(len(state.params), *x.shape), y.expand(len(state.params), *y.shape)
+    members = len(state.keys)
+    xs, ys = x.expand(members, *x.shape), y.expand(members, *y.shape)
     return batch_grads(
-        state.params, arch, state.reg, xs, ys, state.keys, state.step, dropout_layers, bf16_layers, first_row
+        state.weights, arch, state.reg, xs, ys, state.keys, state.step, dropout_layers, bf16_layers, first_row
     )
 
 
-def apply_gradients(state: StackState, totals, nll, correct, grads, rows, arch, penalties) -> None:
+def apply_gradients(state: StackState, totals, nll, correct, grads, rows, penalties) -> None:
     """The end of every step: the mean over the batch's rows, the penalty, Keras' Adam, the running totals."""
     loss = nll / rows
-    grad = mean_grad(state.params, arch, state.reg, grads, rows, penalties)
     if any(penalties):
-        loss = loss + penalty(state.params, arch, state.reg)
+        loss = loss + penalty(state.weights, state.reg)
     beta1, beta2 = ADAM_BETAS
+    state.beta_powers.mul_(torch.tensor(ADAM_BETAS, device=loss.device))
     # Keras' Adam: bias correction folded into the step size, epsilon added to the uncorrected sqrt(v).
-    state.beta_powers.mul_(torch.tensor(ADAM_BETAS, device=grad.device))
-    state.adam_m.lerp_(grad, 1 - beta1)
-    state.adam_v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     corrected = torch.sqrt(1 - state.beta_powers[1]) / (1 - state.beta_powers[0])
-    step_size = state.learning_rate * state.active * corrected
-    state.params.sub_(step_size.unsqueeze(1) * state.adam_m / (state.adam_v.sqrt() + ADAM_EPSILON))
+    step_size = (state.learning_rate * state.active * corrected).view(-1, 1, 1)
+    layer_grads = mean_grads(state.weights, state.reg, grads, rows, penalties)
+    per_tensor = (chain.from_iterable(pairs) for pairs in (state.weights, state.adam_m, state.adam_v, layer_grads))
+    for weight, m, v, grad in zip(*per_tensor, strict=True):
+        m.lerp_(grad, 1 - beta1)
+        v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        weight.sub_(step_size * m / (v.sqrt() + ADAM_EPSILON))
     state.step.add_(1)
     totals[0].add_(loss * rows)
     totals[1].add_(correct)
@@ -173,10 +213,11 @@ def fit(
             start = time.perf_counter()
             with _progress(engine, phase, epoch, tracker.last_epoch, steps) as bar:
                 train_loss, train_acc = stack.train_epoch(bar)
-                eval_loss, eval_acc = evaluate(stack.state.params, arch, stack.state.reg, *evaluation)
+                params = stack.state.params
+                eval_loss, eval_acc = evaluate(params, arch, stack.state.reg, *evaluation)
                 numbers = torch.stack([train_loss, train_acc, eval_loss, eval_acc]).tolist()  # the epoch's one sync
                 bar.finish(numbers, tracker.running)
-            tracker.end_epoch(epoch, numbers, time.perf_counter() - start, stack.state.params, stack.state.active)
+            tracker.end_epoch(epoch, numbers, time.perf_counter() - start, params, stack.state.active)
             if not tracker.running:
                 break
     return tracker.fits(stack.state.params)
@@ -187,22 +228,13 @@ class _Stack:
 
     def __init__(self, arch, members, train, batch_size, phase, engine):
         device = engine.device
-        self.arch = arch
         self.x, self.y = train
         self.batch_size = min(batch_size or len(self.y), len(self.y))
         params = init_params(arch, [seed_for(m.seed, "init") for m in members], device)
         reg = Regularization.of(arch, [vars(m) for m in members], device)
-        self.state = StackState(
-            params=params,
-            adam_m=torch.zeros_like(params),
-            adam_v=torch.zeros_like(params),
-            beta_powers=torch.ones(2, device=device),
-            step=torch.zeros((), dtype=torch.int64, device=device),
-            keys=torch.tensor([seed_for(m.seed, f"dropout-{phase}") for m in members], device=device),
-            learning_rate=torch.tensor([m.learning_rate for m in members], device=device),
-            active=torch.ones(len(members), device=device),
-            reg=reg,
-        )
+        keys = torch.tensor([seed_for(m.seed, f"dropout-{phase}") for m in members], device=device)
+        learning_rate = torch.tensor([m.learning_rate for m in members], device=device)
+        self.state = StackState.start(arch, params, keys, learning_rate, reg)
         self.shufflers = [torch.Generator().manual_seed(seed_for(m.seed, f"shuffle-{phase}")) for m in members]
         self.penalties = (bool(reg.l1.any()), bool(reg.l2.any()))
         fixed = {
@@ -223,7 +255,7 @@ class _Stack:
 
     def train_epoch(self, bar) -> tuple[torch.Tensor, torch.Tensor]:
         """One epoch for every member; (M,) running training loss and accuracy, on the device."""
-        members, device = len(self.state.params), self.state.params.device
+        members, device = len(self.state.keys), self.state.keys.device
         totals = (torch.zeros(members, device=device), torch.zeros(members, device=device))
         if self.full_batch:
             self._full_batch_step(totals)
@@ -248,7 +280,7 @@ class _Stack:
         """One step over all rows, in order (their order cannot matter), as gradients summed over row
         chunks: activations of a whole 50k batch would be allocated, page-faulted in and freed every step."""
         # Chunks of (nearly) equal size: a short last chunk would make the compiler specialise again.
-        chunks = -(-len(self.y) // max(256, FULL_BATCH_ROWS // len(self.state.params)))
+        chunks = -(-len(self.y) // max(256, FULL_BATCH_ROWS // len(self.state.keys)))
         chunk_rows = -(-len(self.y) // chunks)
         nll = correct = 0
         grads = None
@@ -262,7 +294,7 @@ class _Stack:
                 grads = chunk[2]
             else:
                 grads = [(k + chunk_k, b + chunk_b) for (k, b), (chunk_k, chunk_b) in zip(grads, chunk[2], strict=True)]
-        apply_gradients(self.state, totals, nll, correct, grads, len(self.y), self.arch, self.penalties)
+        apply_gradients(self.state, totals, nll, correct, grads, len(self.y), self.penalties)
 
 
 def _epoch_batches(shufflers: list[torch.Generator], size: int, batch_size: int, device: torch.device):
