@@ -40,13 +40,25 @@ def test_adam_follows_keras_formula():
     expected, m, v = params, torch.zeros_like(params), torch.zeros_like(params)
     for t in range(1, 4):
         weights = model.layers(expected, SMALL)
-        _, _, grads = model.batch_grads(weights, SMALL, reg, x[batch], y[batch], state.keys, state.step, ())
+        _, _, grads = model.batch_grads(
+            weights, SMALL, reg, x[batch], y[batch], state.keys, state.step, reg.dropout_members()
+        )
         pairs = zip(weights, grads, strict=True)
         grad = model.flat([(gk / 32 + 2 * 1e-3 * kernel, gb / 32) for (kernel, _), (gk, gb) in pairs])  # L2: kernels
         m = 0.9 * m + 0.1 * grad
         v = 0.999 * v + 0.001 * grad**2
         expected = expected - 0.01 * math.sqrt(1 - 0.999**t) / (1 - 0.9**t) * m / (v.sqrt() + ADAM_EPSILON)
-        train_step(state, x, y, batch, totals, arch=SMALL, dropout_layers=(), penalties=(False, True), bf16_layers=())
+        train_step(
+            state,
+            x,
+            y,
+            batch,
+            totals,
+            arch=SMALL,
+            dropout_members=reg.dropout_members(),
+            penalties=(False, True),
+            bf16_layers=(),
+        )
         torch.testing.assert_close(state.params, expected)
     assert state.step.item() == 3
 

@@ -68,6 +68,11 @@ class Regularization:
             l2=torch.tensor([m["l2"] for m in members], dtype=torch.float32, device=device),
         )
 
+    def dropout_members(self) -> tuple[tuple[int, ...], ...]:
+        """Per layer, the members that drop out before it: only they draw dropout masks."""
+        rates = self.dropout.cpu()
+        return tuple(tuple(torch.nonzero(rates[:, layer]).flatten().tolist()) for layer in range(rates.shape[1]))
+
 
 def layers(params: torch.Tensor, arch: Architecture) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(kernel (M, in, out), bias (M, 1, out)) views of each Dense layer in flat (M, P) parameters."""
@@ -210,6 +215,14 @@ def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a, b).float()
 
 
+def _scale_members(h: torch.Tensor, scale: torch.Tensor, members: tuple[int, ...]) -> torch.Tensor:
+    """h (M, rows, cols) with the listed members multiplied by their (len(members), rows, cols) scale."""
+    if len(members) == len(h):
+        return h * scale
+    index = torch.tensor(members, device=h.device)
+    return h.index_copy(0, index, h.index_select(0, index) * scale)
+
+
 def batch_grads(
     weights: list[tuple[torch.Tensor, torch.Tensor]],
     arch: Architecture,
@@ -218,7 +231,7 @@ def batch_grads(
     y: torch.Tensor,
     keys: torch.Tensor,
     step: torch.Tensor,
-    dropout_layers: tuple[int, ...],
+    dropout_members: tuple[tuple[int, ...], ...],
     bf16_layers: tuple[int, ...] = (),
     first_row=0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -227,9 +240,9 @@ def batch_grads(
     bias (M, 1, out)): shaped as the weights.
 
     `weights` are per layer (kernel (M, in, out), bias (M, 1, out)). x is (M, B, inputs) and y (M, B):
-    each member sees its own batch. Sums, not means, so that a
-    batch can be processed in chunks (rows counted from `first_row`) and added up. `dropout_layers`
-    says which layers any member drops out before, so the rest draws no masks. The layers in
+    each member sees its own batch. Sums, not means, so that a batch can be processed in chunks (rows
+    counted from `first_row`) and added up. `dropout_members` (see `Regularization.dropout_members`)
+    says which members drop out before each layer; no other member draws masks there. The layers in
     `bf16_layers` run their matmuls in bf16, as autocast would: their input is rounded once, for the
     forward matmul and the kernel gradient alike. All else stays float32.
     """
@@ -237,12 +250,15 @@ def batch_grads(
     inputs, masks, outputs = [], {}, []  # per layer: what fed the kernel, dropout scale masks, activations
     h = x
     for index, (kernel, bias) in enumerate(weights):
-        if index in dropout_layers:
-            rate = reg.dropout[:, index].view(-1, 1, 1)
+        dropping = dropout_members[index]
+        if dropping:
+            # Only the members that drop out hash masks: in the study's stack of six, one member of six.
+            chosen = slice(None) if len(dropping) == len(keys) else list(dropping)
+            rate = reg.dropout[chosen, index].view(-1, 1, 1)
             threshold = torch.round(rate * (1 << KEEP_BITS)).to(torch.int64)
-            keep = random_bits(keys, step, index, num_layers, h.shape[1:], first_row) >= threshold
+            keep = random_bits(keys[chosen], step, index, num_layers, h.shape[1:], first_row) >= threshold
             masks[index] = keep.to(h.dtype) / (1 - rate)
-            h = h * masks[index]
+            h = _scale_members(h, masks[index], dropping)
         if index in bf16_layers:
             h = h.to(torch.bfloat16)
         inputs.append(h)
@@ -263,7 +279,7 @@ def batch_grads(
         if index > 0:
             grad_h = _matmul(rounded, kernel.transpose(1, 2))
             if index in masks:
-                grad_h = grad_h * masks[index]
+                grad_h = _scale_members(grad_h, masks[index], dropout_members[index])
             grad_z = grad_h * _activation_grad(outputs[index - 1], arch.activation)
 
     return nll.sum(1), correct, grads[::-1]

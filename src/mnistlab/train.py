@@ -135,21 +135,21 @@ class StackState:
         return flat(self.weights)
 
 
-def train_step(state: StackState, x, y, batch, totals, *, arch, dropout_layers, penalties, bf16_layers):
+def train_step(state: StackState, x, y, batch, totals, *, arch, dropout_members, penalties, bf16_layers):
     """One mini-batch for every member, batch (M, B) being row indices into x and y: forward,
     backward, Adam. Compiled, it is one graph."""
     nll, correct, grads = batch_grads(
-        state.weights, arch, state.reg, x[batch], y[batch], state.keys, state.step, dropout_layers, bf16_layers
+        state.weights, arch, state.reg, x[batch], y[batch], state.keys, state.step, dropout_members, bf16_layers
     )
     apply_gradients(state, totals, nll, correct, grads, batch.shape[1], penalties)
 
 
-def chunk_grads(state: StackState, x, y, first_row, *, arch, dropout_layers, bf16_layers):
+def chunk_grads(state: StackState, x, y, first_row, *, arch, dropout_members, bf16_layers):
     """The summed data gradient of rows first_row.. of a full batch, which every member sees whole."""
     members = len(state.keys)
     xs, ys = x.expand(members, *x.shape), y.expand(members, *y.shape)
     return batch_grads(
-        state.weights, arch, state.reg, xs, ys, state.keys, state.step, dropout_layers, bf16_layers, first_row
+        state.weights, arch, state.reg, xs, ys, state.keys, state.step, dropout_members, bf16_layers, first_row
     )
 
 
@@ -239,7 +239,7 @@ class _Stack:
         self.penalties = (bool(reg.l1.any()), bool(reg.l2.any()))
         fixed = {
             "arch": arch,
-            "dropout_layers": tuple(i for i in range(len(arch.shapes)) if reg.dropout[:, i].any()),
+            "dropout_members": reg.dropout_members(),
             "bf16_layers": engine.bf16_layers(arch.shapes, self.batch_size),
         }
         self.full_batch = self.batch_size == len(self.y)
