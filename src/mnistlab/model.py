@@ -215,11 +215,11 @@ def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a, b).float()
 
 
-def _scale_members(h: torch.Tensor, scale: torch.Tensor, members: tuple[int, ...]) -> torch.Tensor:
-    """h (M, rows, cols) with the listed members multiplied by their (len(members), rows, cols) scale."""
-    if len(members) == len(h):
+def _scale_members(h: torch.Tensor, chosen: slice | list[int], scale: torch.Tensor) -> torch.Tensor:
+    """h (M, rows, cols) with the chosen members (all of them, as a slice, or a list) times their scale."""
+    if isinstance(chosen, slice):
         return h * scale
-    index = torch.tensor(members, device=h.device)
+    index = torch.tensor(chosen, device=h.device)
     return h.index_copy(0, index, h.index_select(0, index) * scale)
 
 
@@ -247,7 +247,7 @@ def batch_grads(
     forward matmul and the kernel gradient alike. All else stays float32.
     """
     num_layers = len(weights)
-    inputs, masks, outputs = [], {}, []  # per layer: what fed the kernel, dropout scale masks, activations
+    inputs, masks, outputs = [], {}, []  # per layer: what fed the kernel, (members, dropout scales), activations
     h = x
     for index, (kernel, bias) in enumerate(weights):
         dropping = dropout_members[index]
@@ -257,8 +257,8 @@ def batch_grads(
             rate = reg.dropout[chosen, index].view(-1, 1, 1)
             threshold = torch.round(rate * (1 << KEEP_BITS)).to(torch.int64)
             keep = random_bits(keys[chosen], step, index, num_layers, h.shape[1:], first_row) >= threshold
-            masks[index] = keep.to(h.dtype) / (1 - rate)
-            h = _scale_members(h, masks[index], dropping)
+            masks[index] = (chosen, keep.to(h.dtype) / (1 - rate))
+            h = _scale_members(h, *masks[index])
         if index in bf16_layers:
             h = h.to(torch.bfloat16)
         inputs.append(h)
@@ -279,7 +279,7 @@ def batch_grads(
         if index > 0:
             grad_h = _matmul(rounded, kernel.transpose(1, 2))
             if index in masks:
-                grad_h = _scale_members(grad_h, masks[index], dropout_members[index])
+                grad_h = _scale_members(grad_h, *masks[index])
             grad_z = grad_h * _activation_grad(outputs[index - 1], arch.activation)
 
     return nll.sum(1), correct, grads[::-1]
