@@ -93,6 +93,26 @@ def test_full_batch_in_chunks_equals_one_chunk(monkeypatch):
     assert [e.loss for e in chunked.history] == pytest.approx([e.loss for e in whole.history], rel=1e-5)
 
 
+def test_compiled_steps_agree_with_eager_for_each_stack_they_serve():
+    """Compiled steps run without dynamo's guards, kept per signature: stacks whose tensors have the
+    same shapes but that bind different values into the step (dropout in one, an L1 penalty in the
+    other) each get a graph of their own, and one graph serves data of any row count."""
+    (x, y), evaluation = _toy_data(320, seed=8), _toy_data(64, seed=9)
+    dropping = Member(seed=0, learning_rate=1e-3, epochs=2, input_dropout=0.2, dropout=0.1)
+    penalised = Member(seed=0, learning_rate=1e-3, epochs=2, l1=1e-3)
+    for member, rows, batch_size in [
+        (dropping, 320, 32),
+        (penalised, 320, 32),
+        (dropping, 288, 32),
+        (dropping, 320, None),
+    ]:
+        train = x[:rows], y[:rows]
+        (compiled,) = fit(SMALL, [member], train, evaluation, batch_size, 1, Engine())
+        (eager,) = fit(SMALL, [member], train, evaluation, batch_size, 1, EAGER)
+        torch.testing.assert_close(compiled.params, eager.params, rtol=1e-4, atol=1e-5)
+        assert compiled.history[-1].loss == pytest.approx(eager.history[-1].loss, rel=1e-4)
+
+
 def test_a_finished_member_is_frozen_while_others_train():
     train, evaluation = _toy_data(96), _toy_data(32, seed=3)
     short, long = Member(seed=0, learning_rate=1e-3, epochs=1), Member(seed=1, learning_rate=1e-3, epochs=3)

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from mnistlab.data import Dataset
-from mnistlab.engine import Engine, compile_step, flush_denormals, room_to_recompile
+from mnistlab.engine import Engine, compile_step, flush_denormals
 from mnistlab.model import (
     Architecture,
     Regularization,
@@ -208,18 +208,17 @@ def fit(
     stack = _Stack(arch, members, train, batch_size, phase, engine)
     tracker = _Tracker(members, stack.state.params)
     steps = -(-len(train[1]) // stack.batch_size)
-    with room_to_recompile():
-        for epoch in range(1, tracker.last_epoch + 1):
-            start = time.perf_counter()
-            with _progress(engine, phase, epoch, tracker.last_epoch, steps) as bar:
-                train_loss, train_acc = stack.train_epoch(bar)
-                params = stack.state.params
-                eval_loss, eval_acc = evaluate(params, arch, stack.state.reg, *evaluation)
-                numbers = torch.stack([train_loss, train_acc, eval_loss, eval_acc]).tolist()  # the epoch's one sync
-                bar.finish(numbers, tracker.running)
-            tracker.end_epoch(epoch, numbers, time.perf_counter() - start, params, stack.state.active)
-            if not tracker.running:
-                break
+    for epoch in range(1, tracker.last_epoch + 1):
+        start = time.perf_counter()
+        with _progress(engine, phase, epoch, tracker.last_epoch, steps) as bar:
+            train_loss, train_acc = stack.train_epoch(bar)
+            params = stack.state.params
+            eval_loss, eval_acc = evaluate(params, arch, stack.state.reg, *evaluation)
+            numbers = torch.stack([train_loss, train_acc, eval_loss, eval_acc]).tolist()  # the epoch's one sync
+            bar.finish(numbers, tracker.running)
+        tracker.end_epoch(epoch, numbers, time.perf_counter() - start, params, stack.state.active)
+        if not tracker.running:
+            break
     return tracker.fits(stack.state.params)
 
 
@@ -247,10 +246,6 @@ class _Stack:
             self.eager = partial(chunk_grads, **fixed)
         else:
             self.eager = partial(train_step, penalties=self.penalties, **fixed)
-            # The data size differs between the phases (50k vs 60k rows): kept symbolic in the compiled
-            # graph, phase 2 reuses phase 1's compilation instead of paying for another.
-            torch._dynamo.mark_dynamic(self.x, 0)
-            torch._dynamo.mark_dynamic(self.y, 0)
         self.compiled = compile_step(self.eager, device) if engine.compile else self.eager
 
     def train_epoch(self, bar) -> tuple[torch.Tensor, torch.Tensor]:
@@ -262,18 +257,11 @@ class _Stack:
             bar.tick(0, totals, len(self.y))
         else:
             batches = _epoch_batches(self.shufflers, len(self.y), self.batch_size, device)
-            # The first step checks every guard of the compiled step, which picks (or compiles) the graph for
-            # this stack. The rest of the epoch calls that graph with inputs of the same types, shapes and
-            # strides, which is when torch.compile's documented condition for checking only the guards that
-            # tell its graphs apart holds: that saves ~20 us of a 300-400 us step.
-            self.compiled(self.state, self.x, self.y, next(batches), totals)
-            bar.tick(0, totals, self.batch_size)
-            with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-                for index, batch in enumerate(batches, start=1):
-                    # Keras trains on the short last batch too: eagerly, so it costs no second compiled shape.
-                    step_fn = self.eager if batch.shape[1] < self.batch_size else self.compiled
-                    step_fn(self.state, self.x, self.y, batch, totals)
-                    bar.tick(index, totals, self.batch_size)
+            for index, batch in enumerate(batches):
+                # Keras trains on the short last batch too: eagerly, so it costs no second compiled shape.
+                step_fn = self.eager if batch.shape[1] < self.batch_size else self.compiled
+                step_fn(self.state, self.x, self.y, batch, totals)
+                bar.tick(index, totals, self.batch_size)
         return totals[0] / len(self.y), totals[1] / len(self.y)
 
     def _full_batch_step(self, totals) -> None:
@@ -286,8 +274,6 @@ class _Stack:
         grads = None
         for start in range(0, len(self.y), chunk_rows):
             rows = self.x[start : start + chunk_rows], self.y[start : start + chunk_rows]
-            for tensor in rows:
-                torch._dynamo.mark_dynamic(tensor, 0)  # the last chunk is shorter: one compiled graph serves all
             chunk = self.compiled(self.state, *rows, torch.tensor(start, device=self.x.device))
             nll, correct = nll + chunk[0], correct + chunk[1]
             if grads is None:
