@@ -89,12 +89,12 @@ def compile_step(step_fn, device: torch.device):
 
 
 class _LazyStep:
-    """Compiles ahead of time, on the first call's arguments, and then calls the compiled graph without
-    dynamo: no frame hook, no guards. Guards are what let torch.compile tell a call that needs another
-    graph from one that does not; here the compiled graphs are kept per signature (`_signature`) of
-    the step and its arguments instead, and every later call of one `_LazyStep` has that signature: the
-    same state, data of the same width and dtype, batches of the same shape. That saves ~90 us of a
-    ~400 us batch-32 step of one model (see benchmarks/README.md)."""
+    """Compiles with torch's ahead-of-time API (`aot_compile`) on the first call's arguments, then calls
+    the compiled graph without dynamo: no frame hook, no guards. Guards are what let torch.compile tell
+    a call that needs another graph from one that does not; here the compiled graphs are kept per
+    signature (`_signature`) of the step and its arguments instead, and every later call of one
+    `_LazyStep` has that signature: the same state, data of the same width and dtype, batches of the
+    same shape. That saves ~90 us of a ~400 us batch-32 step of one model (see benchmarks/README.md)."""
 
     def __init__(self, step_fn, device: torch.device):
         self.step_fn, self.device, self.compiled = step_fn, device, None
