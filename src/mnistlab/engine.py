@@ -78,14 +78,14 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def compile_step(step_fn, device: torch.device):
+def compile_step(step_fn):
     """The training step through torch.compile, as a callable that compiles on its first call.
 
     `step_fn(state, x, y, ...)` takes the stack's state, then data whose row count varies (the 50k and
     60k rows of the two phases, a full batch's chunks): those rows stay symbolic in the graph. Every
     other shape is fixed, as are the Python values bound into `step_fn` (a `functools.partial`).
     """
-    return _LazyStep(step_fn, device)
+    return _LazyStep(step_fn)
 
 
 class _LazyStep:
@@ -96,19 +96,19 @@ class _LazyStep:
     `_LazyStep` has that signature: the same state, data of the same width and dtype, batches of the
     same shape. That saves ~90 us of a ~400 us batch-32 step of one model (see benchmarks/README.md)."""
 
-    def __init__(self, step_fn, device: torch.device):
-        self.step_fn, self.device, self.compiled = step_fn, device, None
+    def __init__(self, step_fn):
+        self.step_fn, self.compiled = step_fn, None
 
     def __call__(self, state, x, y, *rest):
         if self.compiled is None:
-            self.compiled = _compiled(self.step_fn, self.device, (state, x, y, *rest))
+            self.compiled = _compiled(self.step_fn, (state, x, y, *rest))
         return self.compiled(state, x, y, *rest)
 
 
 _COMPILED = {}  # signature -> compiled step, for the life of the process: phase 2 reuses phase 1's
 
 
-def _compiled(step_fn, device: torch.device, args: tuple):
+def _compiled(step_fn, args: tuple):
     key = _signature(step_fn, args)
     if key not in _COMPILED:
         state, x, y, *_ = args
@@ -117,7 +117,7 @@ def _compiled(step_fn, device: torch.device, args: tuple):
         # The step's row indices come from our own permutations, and the signature fixes every
         # input's size and strides: the generated code need not check them again on every call.
         options = {"assert_indirect_indexing": False, "size_asserts": False}
-        if device.type == "cpu":
+        if x.device.type == "cpu":
             options["cpp_wrapper"] = True  # a C++ wrapper around the kernels: ~40 us less Python per step
         compiled = torch.compile(step_fn, fullgraph=True, dynamic=False, options=options)
         if not torch._inductor.config.force_disable_caches:  # which aot_compile refuses: then guards stay

@@ -246,7 +246,7 @@ class _Stack:
             self.eager = partial(chunk_grads, **fixed)
         else:
             self.eager = partial(train_step, penalties=self.penalties, **fixed)
-        self.compiled = compile_step(self.eager, device) if engine.compile else self.eager
+        self.compiled = compile_step(self.eager) if engine.compile else self.eager
 
     def train_epoch(self, bar) -> tuple[torch.Tensor, torch.Tensor]:
         """One epoch for every member; (M,) running training loss and accuracy, on the device."""
