@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 
 from mnistlab import data
-from mnistlab.engine import Engine, flush_denormals
-from mnistlab.model import Architecture
-from mnistlab.train import Member, fit
+from mnistlab.spec import Architecture, Hyperparameters
+from mnistlab.train.engine import Engine, flush_denormals
+from mnistlab.train.fit import fit
+from mnistlab.train.protocol import streams
 
 FINAL = Architecture(784, (128, 128, 64, 64, 32))
 
@@ -53,10 +54,12 @@ def matmul_rate(dtype: torch.dtype, size: int = 4096, repeats: int = 5) -> float
 
 
 def mnistlab_epoch(dataset, batch: int | None, stack: int, precision: str, epochs: int) -> float:
-    members = [Member(seed=s, learning_rate=1e-4, epochs=epochs, input_dropout=0.1, dropout=0.1) for s in range(stack)]
-    fits = fit(
-        FINAL, members, dataset.split("train"), dataset.split("validation"), batch, 1, Engine(precision=precision)
-    )
+    members = [
+        Hyperparameters(seed=s, learning_rate=1e-4, epochs=epochs, input_dropout=0.1, dropout=0.1) for s in range(stack)
+    ]
+    seeds = [streams(m, phase=1) for m in members]
+    engine = Engine(precision=precision)
+    fits = fit(FINAL, members, seeds, dataset.split("train"), dataset.split("validation"), batch, engine)
     return statistics.median(e.seconds for e in fits[0].history[1:])
 
 

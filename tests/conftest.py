@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mnistlab import data
-from mnistlab.idx import write_idx
+from mnistlab.data.idx import write_idx
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

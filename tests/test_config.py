@@ -3,9 +3,9 @@ import sys
 
 import pytest
 
-from mnistlab import config
 from mnistlab.errors import ConfigError
-from mnistlab.report import REPORT_ORDER
+from mnistlab.reporting.build import REPORT_ORDER
+from mnistlab.spec import Hyperparameters, config
 
 
 def test_every_report_experiment_is_a_preset_that_resolves():
@@ -17,12 +17,14 @@ def test_every_report_experiment_is_a_preset_that_resolves():
 
 def test_presets_extend_and_override():
     final = config.load("final")
-    assert final.hidden == (128, 128, 64, 64, 32) and final.input_dropout == final.dropout == 0.1
-    assert final.learning_rate == 1e-4 and final.batch_size == 32 and final.epochs == 50
+    assert final.hidden == (128, 128, 64, 64, 32) and final.batch_size == 32
+    assert final.hyperparameters == Hyperparameters(
+        seed=0, learning_rate=1e-4, epochs=50, input_dropout=0.1, dropout=0.1, l1=0.0, l2=0.0
+    )
     assert config.load("final-as-written").batch_size is None
-    assert config.load("l2-strong").l2 == 1e-2
-    assert config.load("early-stopping").early_stopping.monitor == "val_loss"
-    assert config.load("powerful").early_stopping is None
+    assert config.load("l2-strong").hyperparameters.l2 == 1e-2
+    assert config.load("early-stopping").hyperparameters.early_stopping.monitor == "val_loss"
+    assert config.load("powerful").hyperparameters.early_stopping is None
     lockstep = {
         config.load(n).lockstep_key()
         for n in ("powerful", "l2", "l2-strong", "l1", "dropout", "early-stopping", "final")
@@ -32,8 +34,9 @@ def test_presets_extend_and_override():
 
 def test_overrides_parse_toml_values_and_bare_words():
     experiment = config.load("final", ["train.batch_size=full", "model.l2=1e-4", "seed=3", "model.hidden=[64, 32]"])
-    assert experiment.batch_size is None and experiment.l2 == 1e-4 and experiment.seed == 3
+    assert experiment.batch_size is None and experiment.hyperparameters.l2 == 1e-4 and experiment.seed == 3
     assert experiment.hidden == (64, 32)
+    assert isinstance(config.load("final", ["model.l1=0"]).hyperparameters.l1, float)  # TOML's 0 is a float here
 
 
 def test_resolved_config_round_trips_through_toml(tmp_path):
@@ -41,8 +44,21 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
     path = tmp_path / "again.toml"
     path.write_text(config.to_toml(experiment))
     again = config.load(str(path))
-    fields = ("seed", "hidden", "l1", "l2", "epochs", "batch_size", "learning_rate", "early_stopping", "description")
+    assert again.hyperparameters == experiment.hyperparameters and again.hyperparameters.seed == 2
+    fields = ("hidden", "activation", "batch_size", "dataset", "validation_size", "description")
     assert all(getattr(again, f) == getattr(experiment, f) for f in fields)
+
+
+def test_with_seed_changes_the_seed_and_the_config_written_out():
+    experiment = config.load("final").with_seed(7)
+    assert experiment.seed == experiment.hyperparameters.seed == 7
+    assert "seed = 7" in config.to_toml(experiment).splitlines()
+
+
+def test_the_spec_layer_imports_no_torch():
+    code = "import sys, mnistlab.spec.config; mnistlab.spec.config.load('final'); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize(

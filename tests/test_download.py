@@ -7,9 +7,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from mnistlab import data
-from mnistlab.download import fetch, sha256_hex
+from mnistlab.data.download import fetch, sha256_hex
+from mnistlab.data.idx import read_bytes
 from mnistlab.errors import DataError
-from mnistlab.idx import read_bytes
 
 from .conftest import make_idx_folder
 

@@ -1,10 +1,14 @@
 import pytest
 import torch
 
-from mnistlab import model
-from mnistlab.engine import Engine
 from mnistlab.errors import MnistlabError
-from mnistlab.model import Architecture, Regularization
+from mnistlab.nn import mlp as model
+from mnistlab.nn import weights
+from mnistlab.nn.mlp import Penalties, Regularization
+from mnistlab.nn.summary import summary
+from mnistlab.spec import Architecture, Hyperparameters
+from mnistlab.train.engine import Engine
+from mnistlab.train.fit import Streams, _Lockstep
 
 FINAL = Architecture(784, (128, 128, 64, 64, 32))
 
@@ -13,7 +17,7 @@ def test_final_model_parameter_counts_and_summary():
     counts = [n_in * n_out + n_out for n_in, n_out in FINAL.shapes]
     assert counts == [100480, 16512, 8256, 4160, 2080, 330]
     assert FINAL.num_params == 131_818
-    text = model.summary(FINAL, input_dropout=0.1, dropout=0.1)
+    text = summary(FINAL, Hyperparameters(seed=0, learning_rate=1e-4, epochs=1, input_dropout=0.1, dropout=0.1))
     dense = [line for line in text.splitlines() if "(Dense" in line]
     assert [int(line.split()[-1].replace(",", "")) for line in dense] == counts
     assert sum("(Dropout" in line for line in text.splitlines()) == 6
@@ -39,7 +43,10 @@ def test_glorot_uniform_init_depends_only_on_the_members_seed():
 
 
 def _regularization(stack, arch, rates, l1, l2):
-    members = [{"input_dropout": r, "dropout": r, "l1": a, "l2": b} for r, a, b in zip(rates, l1, l2, strict=True)]
+    members = [
+        Hyperparameters(seed=0, learning_rate=1e-3, epochs=1, input_dropout=r, dropout=r, l1=a, l2=b)
+        for r, a, b in zip(rates, l1, l2, strict=True)
+    ]
     return Regularization.of(arch, members[:stack], torch.device("cpu"))
 
 
@@ -77,7 +84,7 @@ def test_hand_written_backward_matches_autograd(activation):
     weights = model.layers(params, arch)
     nll, correct, grads = model.batch_grads(weights, arch, reg, x, y, keys, step, reg.dropout_members())
     loss = nll / 12 + model.penalty(weights, reg)
-    grad = model.flat(model.mean_grads(weights, reg, grads, 12, (True, True)))
+    grad = model.flat(model.mean_grads(weights, reg, grads, 12, Penalties(l1=True, l2=True)))
     ref_loss, ref_grad = _reference(params, arch, reg, x, y, keys, step, activation)
     torch.testing.assert_close(loss, ref_loss)
     torch.testing.assert_close(grad, ref_grad)
@@ -109,7 +116,8 @@ def test_penalty_matches_hand_computation():
     # its gradient on each kernel: l1 * sign(W) + 2 * l2 * W
     kernel = model.layers(params, arch)[0][0]
     expected = [[0.01 * 1 + 0.002 * 1, 0.01 * -1 + 0.002 * -2], [0.01 * 1 + 0.002 * 3, 0.01 * -1 + 0.002 * -4]]
-    torch.testing.assert_close(model.add_penalty_grad(kernel, 0, reg, (True, True))[0], torch.tensor(expected))
+    penalties = Penalties(l1=True, l2=True)
+    torch.testing.assert_close(model.add_penalty_grad(kernel, 0, reg, penalties)[0], torch.tensor(expected))
     x, y = torch.tensor([[0.5, -0.5]]), torch.tensor([1])
     loss, _ = model.evaluate(params, arch, reg, x, y)
     logits = model.logits(params, arch, x)[0]
@@ -138,17 +146,31 @@ def test_compiled_dropout_bits_equal_eager():
 
 def test_save_and_load_round_trip(tmp_path):
     params = model.init_params(FINAL, [1], torch.device("cpu"))[0]
-    model.save(tmp_path / "m.safetensors", params, FINAL, {"preset": "final"})
-    loaded, arch = model.load(tmp_path / "m.safetensors")
+    weights.save(tmp_path / "m.safetensors", params, FINAL, {"preset": "final"})
+    loaded, arch = weights.load(tmp_path / "m.safetensors")
     assert arch == FINAL and torch.equal(loaded, params)
     (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
     with pytest.raises(MnistlabError, match="bad.safetensors: not a mnistlab model"):
-        model.load(tmp_path / "bad.safetensors")
+        weights.load(tmp_path / "bad.safetensors")
 
 
-def test_bf16_layers_depend_on_the_batch_not_on_the_stack():
+def test_bf16_layers_grow_with_the_batch_and_never_include_the_output_layer():
     assert Engine(precision="fp32").bf16_layers(FINAL.shapes, 50_000) == ()
     bf16 = Engine(precision="bf16")  # asked for explicitly: on any CPU, native or not
     assert bf16.bf16_layers(FINAL.shapes, 50_000)[0] == 0  # a full batch: the first layer at least
     small, large = bf16.bf16_layers(FINAL.shapes, 32), bf16.bf16_layers(FINAL.shapes, 1024)
     assert set(small) <= set(large) and 5 not in large  # the 32 x 10 output layer is always too small
+
+
+@pytest.mark.parametrize("batch_size", [1024, None])  # large enough for bf16 on every CPU
+def test_a_models_bf16_layers_do_not_depend_on_the_stack_it_trains_in(batch_size):
+    """A model's precision is decided from its own batch, so it trains alike alone or beside others."""
+    x, y = torch.rand(2048, 784), torch.randint(0, 10, (2048,))
+    engine = Engine(compile=False, precision="bf16")
+
+    def bf16_layers(stack: int) -> tuple[int, ...]:
+        members = [Hyperparameters(seed=s, learning_rate=1e-3, epochs=1) for s in range(stack)]
+        streams = [Streams(s, s, s) for s in range(stack)]
+        return _Lockstep(FINAL, members, streams, (x, y), batch_size, engine).eager.keywords["bf16_layers"]
+
+    assert bf16_layers(1) == bf16_layers(16) != ()

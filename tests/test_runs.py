@@ -1,15 +1,23 @@
 """`mnistlab run` and `mnistlab study` end to end on the real data, with a small model."""
 
 import json
+import re
 import shutil
-import tomllib
+from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 
-from mnistlab import model, runs
+from mnistlab import api
 from mnistlab.cli import main
-from mnistlab.model import Regularization
+from mnistlab.nn.mlp import Regularization, evaluate
+from mnistlab.spec import config
+from mnistlab.study import folder as run_folder
+from mnistlab.study.folder import Run, RunFolder
+from mnistlab.study.plan import PlannedRun, seed_runs, stacks
+
+FAST = ["--set", "train.batch_size=1000", "--no-compile", "--quiet"]  # an epoch in a second or two
 
 
 @pytest.fixture
@@ -27,60 +35,52 @@ def test_run_writes_a_complete_run_folder(tmp_path, data_env, mnist):
         assert (out / picture).read_bytes().startswith(b"\x89PNG") and (out / picture).stat().st_size > 10_000
     assert [p.name for p in tmp_path.iterdir()] == ["provided"]  # nothing half-built left beside it
 
-    metrics = runs.read_metrics(out)
+    run = Run.load(out)
     for split in ("train", "validation", "full", "test"):
-        assert {"loss", "accuracy"} <= set(metrics[split]) and 0.85 < metrics[split]["accuracy"] < 1
-    assert metrics["epochs"] == {"phase1": 1, "phase2": 1} and metrics["parameters"] == 784 * 18 + 18 + 18 * 10 + 10
-
-    history = runs.read_history(out)
-    assert [(row["phase"], row["epoch"], row["eval_split"]) for row in history] == [
-        (1, 1, "validation"),
-        (2, 1, "test"),
-    ]
-    assert history[0]["eval_loss"] == pytest.approx(metrics["validation"]["loss"], rel=1e-4)
+        assert 0.85 < run.metrics.scores[split].accuracy < 1 and run.metrics.scores[split].loss > 0
+    assert run.metrics.epochs == {"phase1": 1, "phase2": 1} and run.metrics.parameters == 784 * 18 + 18 + 18 * 10 + 10
+    assert run.metrics.split_sizes == {"train": 50_000, "validation": 10_000, "full": 60_000, "test": 10_000}
+    assert run.metrics.misclassified == round((1 - run.metrics.scores["test"].accuracy) * 10_000)
+    assert [(e.epoch, len(h)) for h in (run.history.phase1, run.history.phase2) for e in h] == [(1, 1), (1, 1)]
+    assert run.history.phase1[0].eval_loss == pytest.approx(run.metrics.scores["validation"].loss, rel=1e-4)
 
     # The saved phase-2 model reproduces the test metrics.
-    params, arch = model.load(out / "model.safetensors")
-    reg = Regularization.of(arch, [{"input_dropout": 0, "dropout": 0, "l1": 0, "l2": 0}], torch.device("cpu"))
-    loss, accuracy = model.evaluate(params.view(1, -1), arch, reg, *mnist.split("test"))
-    assert accuracy.item() == pytest.approx(metrics["test"]["accuracy"], abs=1e-6)
-    assert loss.item() == pytest.approx(metrics["test"]["loss"], rel=1e-5)
+    params, arch = run.folder.read_weights()
+    reg = Regularization.of(arch, [config.load("provided").hyperparameters], torch.device("cpu"))
+    loss, accuracy = evaluate(params.view(1, -1), arch, reg, *mnist.split("test"))
+    assert accuracy.item() == pytest.approx(run.metrics.scores["test"].accuracy, abs=1e-6)
+    assert loss.item() == pytest.approx(run.metrics.scores["test"].loss, rel=1e-5)
 
-    config = tomllib.loads((out / "config.toml").read_text())
-    assert config["train"]["epochs"] == 1 and config["model"]["hidden"] == [18]
-    environment = json.loads((out / "environment.json").read_text())
+    assert run.folder.read_config()["train"]["epochs"] == 1 and run.folder.read_config()["model"]["hidden"] == [18]
+    environment = run.folder.read_environment()
     assert environment["seed"] == 0 and environment["threads"] == torch.get_num_threads()
     assert environment["compiled"] is False
 
 
 def test_config_written_by_a_run_runs_again_to_the_same_result(tmp_path, data_env):
     first, second = tmp_path / "first", tmp_path / "second"
-    assert (
-        main(["run", "provided", "--epochs", "1", "--seed", "5", "--no-compile", "--quiet", "--out", str(first)]) == 0
-    )
-    again = ["run", str(first / "config.toml"), "--no-compile", "--quiet", "--out", str(second)]
-    assert main(again) == 0
-    assert runs.read_metrics(first)["test"] == runs.read_metrics(second)["test"]
-    assert runs.read_metrics(second)["seed"] == 5
+    assert main(["run", "provided", "--epochs", "1", "--seed", "5", *FAST, "--out", str(first)]) == 0
+    assert main(["run", str(first / "config.toml"), "--no-compile", "--quiet", "--out", str(second)]) == 0
+    assert Run.load(first).metrics.scores == Run.load(second).metrics.scores
+    assert Run.load(second).seed == 5
 
 
 def test_study_trains_seeds_in_lockstep_skips_finished_runs_and_reports(tmp_path, data_env, capsys):
-    args = ["study", "--presets", "provided", "--epochs", "1", "--seeds", "2", "--out", str(tmp_path), "--no-compile"]
+    # Batches of 256: two models fill the 512-row stack budget of a CPU.
+    args = ["study", "--presets", "provided", "--epochs", "1", "--seeds", "2", "--out", str(tmp_path)]
+    args += ["--set", "train.batch_size=256", "--no-compile"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "training 2 in lockstep" in out and "provided (seed 0), provided (seed 1)" in out
-    seeds = [runs.read_metrics(tmp_path / "provided" / f"seed-{s}") for s in (0, 1)]
-    assert [m["seed"] for m in seeds] == [0, 1] and seeds[0]["test"] != seeds[1]["test"]
+    seeds = [Run.load(tmp_path / "provided" / f"seed-{s}") for s in (0, 1)]
+    assert [r.seed for r in seeds] == [0, 1] and seeds[0].metrics.scores != seeds[1].metrics.scores
+    # Each seed folder's config runs that seed again.
+    assert [r.folder.read_config()["seed"] for r in seeds] == [0, 1]
     aggregate = json.loads((tmp_path / "provided" / "aggregate.json").read_text())
-    accuracies = [m["test"]["accuracy"] for m in seeds]
-    assert aggregate["test"]["accuracy"]["n"] == 2
-    assert aggregate["test"]["accuracy"]["mean"] == pytest.approx(sum(accuracies) / 2)
-    assert (
-        aggregate["test"]["accuracy"]["low"]
-        < min(accuracies)
-        <= max(accuracies)
-        < aggregate["test"]["accuracy"]["high"]
-    )
+    accuracies = [r.metrics.scores["test"].accuracy for r in seeds]
+    test = aggregate["test"]["accuracy"]
+    assert test["n"] == 2 and test["mean"] == pytest.approx(sum(accuracies) / 2)
+    assert test["low"] < min(accuracies) <= max(accuracies) < test["high"]
     assert (tmp_path / "report.html").is_file() and (tmp_path / "report.md").is_file()
 
     first = (tmp_path / "provided" / "seed-0" / "metrics.json").read_bytes()
@@ -89,7 +89,11 @@ def test_study_trains_seeds_in_lockstep_skips_finished_runs_and_reports(tmp_path
     out = capsys.readouterr().out
     assert "1 of 2 runs already finished" in out and "training 1 in lockstep" in out
     assert (tmp_path / "provided" / "seed-0" / "metrics.json").read_bytes() == first
-    assert runs.read_metrics(tmp_path / "provided" / "seed-1")["test"] == seeds[1]["test"]
+    # Trained again alone, not in a stack of two: the same run but for rounding (README, Determinism).
+    again = Run.load(tmp_path / "provided" / "seed-1").metrics.scores
+    for split, score in seeds[1].metrics.scores.items():
+        assert again[split].loss == pytest.approx(score.loss, rel=1e-5), split
+        assert again[split].accuracy == pytest.approx(score.accuracy, abs=2e-4), split
 
 
 def test_experiments_that_differ_only_in_name_train_once(tmp_path, data_env, capsys):
@@ -99,8 +103,85 @@ def test_experiments_that_differ_only_in_name_train_once(tmp_path, data_env, cap
     out = capsys.readouterr().out
     assert "final (seed 0): the same training as dropout (seed 0), trained once" in out
     assert "training 1 in lockstep" in out
-    dropout, final = (runs.read_metrics(tmp_path / name) for name in ("dropout", "final"))
-    assert (dropout["preset"], final["preset"]) == ("dropout", "final")
-    assert dropout["test"] == final["test"] and dropout["validation"] == final["validation"]
-    weights = [model.load(tmp_path / name / "model.safetensors")[0] for name in ("dropout", "final")]
-    assert torch.equal(*weights)
+    dropout, final = (Run.load(tmp_path / name) for name in ("dropout", "final"))
+    assert (dropout.name, final.name) == ("dropout", "final")
+    assert dropout.metrics.scores == final.metrics.scores
+    assert torch.equal(dropout.folder.read_weights()[0], final.folder.read_weights()[0])
+
+
+def _planned(name: str, seeds: int, overrides=()) -> list[PlannedRun]:
+    return seed_runs(config.load(name, list(overrides)), RunFolder(Path("x") / name), seeds)
+
+
+def test_stacks_group_runs_that_can_share_a_step_balanced_within_the_row_budget(monkeypatch):
+    monkeypatch.setattr("mnistlab.study.plan.STACK_ROWS", {"cpu": 32 * 6})  # six models at batch 32
+    runs = [
+        *_planned("powerful", 5),
+        *_planned("dropout", 4),  # same architecture and batch: stacks with powerful
+        *_planned("provided", 2),  # another architecture
+        *_planned("final-as-written", 2),  # a full batch: never stacked
+        *_planned("powerful", 1, ["train.batch_size=64", "seed=9"]),  # another batch size
+    ]
+    grouped = stacks(runs, torch.device("cpu"))
+    wide = (128, 128, 64, 64, 32)
+    shapes = Counter((s[0].experiment.hidden, s[0].experiment.batch_size, len(s)) for s in grouped)
+    # Nine runs of one key make two balanced stacks, five and four, not six and three.
+    expected = {(wide, 32, 5): 1, (wide, 32, 4): 1, ((18,), 32, 2): 1, (wide, None, 1): 2, (wide, 64, 1): 1}
+    assert shapes == Counter(expected)
+    assert all(len({r.experiment.lockstep_key() for r in s}) == 1 for s in grouped)
+    nine = [s for s in grouped if s[0].experiment.hidden == wide and s[0].experiment.batch_size == 32]
+    assert [[r.experiment.seed for r in s] for s in nine] == [[0, 0, 1, 1, 2], [2, 3, 3, 4]]  # whole seeds, in order
+
+
+def test_an_interrupted_run_leaves_nothing(tmp_path, data_env, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_folder, "write_analysis", interrupt)  # mid-way through writing the run folder
+    assert main(["run", "provided", "--epochs", "1", *FAST, "--out", str(tmp_path / "p")]) == 130
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_split_sizes_follow_validation_size_everywhere(tmp_path, data_env, monkeypatch):
+    titles = []
+    curves = run_folder.figures.validation_curves
+
+    def spy(histories, path, title, marks=None):
+        titles.append(title)
+        curves(histories, path, title, marks)
+
+    monkeypatch.setattr(run_folder.figures, "validation_curves", spy)
+    out = tmp_path / "p"
+    assert main(["run", "provided", "--epochs", "1", *FAST, "--set", "validation_size=5000", "--out", str(out)]) == 0
+    run = Run.load(out)
+    assert run.metrics.split_sizes == {"train": 55_000, "validation": 5_000, "full": 60_000, "test": 10_000}
+    assert len(run.history.phase1) == 1 and titles == ["provided (seed 0): training on 55k"]
+    html, markdown = api.report([out], tmp_path / "r.html")
+    text = re.sub(r"data:image/png;base64,[^\"]*", "", html.read_text()) + markdown.read_text()
+    assert "train (55k) acc" in text and "validation (5k) acc" in text and "first 55k training images" in text
+    assert "50k" not in text and "validation (10k)" not in text and "last 10k" not in text
+
+
+def test_report_on_another_data_set_leaves_the_lab_out(tmp_path, fashion_dir):
+    out = tmp_path / "fashion"
+    args = ["run", "provided", "--epochs", "1", *FAST, "--out", str(out), "--data-dir", str(fashion_dir)]
+    assert main(args) == 0
+    run = Run.load(out)
+    assert run.metrics.dataset == "fashion-mnist" and run.analysis().classes[-1] == "Ankle boot"
+    html, _ = api.report([out], tmp_path / "r.html")
+    text = html.read_text()
+    assert "Beside the lab report" not in text and "lab report&#x27;s numbers are for MNIST" in text
+    assert "Ankle boot" in text and "Results" in text
+
+
+def test_training_in_bf16_end_to_end_learns(tmp_path, data_env):
+    (run,) = api.run(
+        "provided", overrides=["train.batch_size=1000"], epochs=2, precision="bf16", compile=False, out=tmp_path / "b"
+    )
+    assert run.folder.read_environment()["precision"] == "bf16"
+    assert run.metrics.scores["test"].accuracy > 0.85
+    (fp32,) = api.run(
+        "provided", overrides=["train.batch_size=1000"], epochs=2, precision="fp32", compile=False, out=tmp_path / "f"
+    )
+    assert run.metrics.scores != fp32.metrics.scores  # bf16 did round the matmuls
+    assert run.metrics.scores["test"].accuracy == pytest.approx(fp32.metrics.scores["test"].accuracy, abs=0.01)

@@ -4,24 +4,22 @@ from dataclasses import replace
 import pytest
 import torch
 
-from mnistlab import model
-from mnistlab.engine import Engine
-from mnistlab.model import Architecture, Regularization
-from mnistlab.runs import curve_marks
-from mnistlab.train import (
-    ADAM_EPSILON,
-    EarlyStopping,
-    Member,
-    StackState,
-    _Stopper,
-    fit,
-    seed_for,
-    train_protocol,
-    train_step,
-)
+from mnistlab.nn import mlp as model
+from mnistlab.nn.mlp import Penalties, Regularization
+from mnistlab.spec import Architecture, EarlyStopping
+from mnistlab.spec import Hyperparameters as Member
+from mnistlab.study.folder import curve_marks
+from mnistlab.train.engine import Engine
+from mnistlab.train.fit import ADAM_EPSILON, StackState, Totals, _Stopper, fit, seed_for, train_step
+from mnistlab.train.protocol import streams, train_protocol
 
 SMALL = Architecture(784, (32, 16))
 EAGER = Engine(compile=False)
+
+
+def _fit(members, train, evaluation, batch_size, engine=EAGER):
+    """`fit` as phase 1 of the protocol draws its random streams."""
+    return fit(SMALL, members, [streams(m, 1) for m in members], train, evaluation, batch_size, engine)
 
 
 def _toy_data(n=256, seed=0):
@@ -33,10 +31,10 @@ def test_adam_follows_keras_formula():
     """Three steps against Keras' Adam written out: m, v, then lr * sqrt(1-b2^t)/(1-b1^t) * m/(sqrt(v)+eps)."""
     x, y = _toy_data(32)
     member = Member(seed=3, learning_rate=0.01, epochs=1, l2=1e-3)
-    reg = Regularization.of(SMALL, [vars(member)], torch.device("cpu"))
+    reg = Regularization.of(SMALL, [member], torch.device("cpu"))
     params = model.init_params(SMALL, [member.seed], torch.device("cpu"))
     state = StackState.start(SMALL, params, keys=torch.tensor([1]), learning_rate=torch.tensor([0.01]), reg=reg)
-    batch, totals = torch.arange(32).view(1, 32), (torch.zeros(1), torch.zeros(1))
+    batch, totals = torch.arange(32).view(1, 32), Totals(torch.zeros(1), torch.zeros(1))
     expected, m, v = params, torch.zeros_like(params), torch.zeros_like(params)
     for t in range(1, 4):
         weights = model.layers(expected, SMALL)
@@ -56,7 +54,7 @@ def test_adam_follows_keras_formula():
             totals,
             arch=SMALL,
             dropout_members=reg.dropout_members(),
-            penalties=(False, True),
+            penalties=Penalties(l1=False, l2=True),
             bf16_layers=(),
         )
         torch.testing.assert_close(state.params, expected)
@@ -70,9 +68,9 @@ def test_lockstep_equals_separate_runs():
         Member(seed=1, learning_rate=3e-3, epochs=1, l2=1e-3),
         Member(seed=2, learning_rate=1e-4, epochs=2, l1=1e-4, dropout=0.5),
     ]
-    stacked = fit(SMALL, members, train, evaluation, 32, 1, EAGER)
+    stacked = _fit(members, train, evaluation, 32)
     for member, together in zip(members, stacked, strict=True):
-        (alone,) = fit(SMALL, [member], train, evaluation, 32, 1, EAGER)
+        (alone,) = _fit([member], train, evaluation, 32)
         torch.testing.assert_close(together.params, alone.params, rtol=1e-5, atol=1e-6)
         assert together.epochs == alone.epochs == member.epochs
         for a, b in zip(together.history, alone.history, strict=True):
@@ -83,10 +81,10 @@ def test_full_batch_in_chunks_equals_one_chunk(monkeypatch):
     """Chunking a full batch changes only the order of float sums, dropout masks included."""
     train, evaluation = _toy_data(600, seed=6), _toy_data(64, seed=7)
     members = [Member(seed=0, learning_rate=1e-3, epochs=3, input_dropout=0.2, dropout=0.1, l1=1e-4)]
-    monkeypatch.setattr("mnistlab.train.FULL_BATCH_ROWS", 10**6)
-    (whole,) = fit(SMALL, members, train, evaluation, None, 1, EAGER)
-    monkeypatch.setattr("mnistlab.train.FULL_BATCH_ROWS", 1)  # chunks of at most 256 rows: 200, 200, 200
-    (chunked,) = fit(SMALL, members, train, evaluation, None, 1, EAGER)
+    monkeypatch.setattr("mnistlab.train.fit.FULL_BATCH_ROWS", 10**6)
+    (whole,) = _fit(members, train, evaluation, None)
+    monkeypatch.setattr("mnistlab.train.fit.FULL_BATCH_ROWS", 1)  # chunks of at most 256 rows: 200, 200, 200
+    (chunked,) = _fit(members, train, evaluation, None)
     # Within a thousandth of one Adam step (lr 1e-3): Adam divides by sqrt(v), which magnifies rounding
     # differences in the gradients of weights whose gradients are tiny.
     torch.testing.assert_close(chunked.params, whole.params, rtol=1e-5, atol=1e-6)
@@ -107,8 +105,8 @@ def test_compiled_steps_agree_with_eager_for_each_stack_they_serve():
         (dropping, 320, None),
     ]:
         train = x[:rows], y[:rows]
-        (compiled,) = fit(SMALL, [member], train, evaluation, batch_size, 1, Engine())
-        (eager,) = fit(SMALL, [member], train, evaluation, batch_size, 1, EAGER)
+        (compiled,) = _fit([member], train, evaluation, batch_size, Engine())
+        (eager,) = _fit([member], train, evaluation, batch_size)
         torch.testing.assert_close(compiled.params, eager.params, rtol=1e-4, atol=1e-5)
         assert compiled.history[-1].loss == pytest.approx(eager.history[-1].loss, rel=1e-4)
 
@@ -116,10 +114,10 @@ def test_compiled_steps_agree_with_eager_for_each_stack_they_serve():
 def test_a_finished_member_is_frozen_while_others_train():
     train, evaluation = _toy_data(96), _toy_data(32, seed=3)
     short, long = Member(seed=0, learning_rate=1e-3, epochs=1), Member(seed=1, learning_rate=1e-3, epochs=3)
-    frozen, trained = fit(SMALL, [short, long], train, evaluation, 32, 1, EAGER)
+    frozen, trained = _fit([short, long], train, evaluation, 32)
     # The same stack shape, both members stopping after one epoch: a lone matmul may split its sums
     # across threads differently from a batched one, so bit-for-bit comparisons keep the stack's shape.
-    one_epoch, _ = fit(SMALL, [short, replace(long, epochs=1)], train, evaluation, 32, 1, EAGER)
+    one_epoch, _ = _fit([short, replace(long, epochs=1)], train, evaluation, 32)
     assert torch.equal(frozen.params, one_epoch.params) and frozen.epochs == 1
     assert trained.epochs == 3
 
@@ -134,23 +132,21 @@ def test_early_stopping_stops_and_restores_the_best_epoch():
     train, evaluation = _memorise_then_diverge()
     rule = EarlyStopping(monitor="val_loss", patience=2)
     member = Member(seed=4, learning_rate=1e-2, epochs=20, early_stopping=rule)
-    (result,) = fit(SMALL, [member], train, evaluation, 32, 1, EAGER)
+    (result,) = _fit([member], train, evaluation, 32)
     losses = [e.eval_loss for e in result.history]
     best = 1 + losses.index(min(losses))
     assert result.stopped_early and result.epochs == best + 2 < 20
     assert result.best_epoch == best
-    (until_best,) = fit(SMALL, [replace(member, epochs=best, early_stopping=None)], train, evaluation, 32, 1, EAGER)
+    (until_best,) = _fit([replace(member, epochs=best, early_stopping=None)], train, evaluation, 32)
     assert torch.equal(result.params, until_best.params)
 
 
 def test_best_weights_restored_also_when_the_last_epoch_ends_the_run():
     train, evaluation = _memorise_then_diverge()
     member = Member(seed=4, learning_rate=1e-2, epochs=4, early_stopping=EarlyStopping(patience=10))
-    (result,) = fit(SMALL, [member], train, evaluation, 32, 1, EAGER)
+    (result,) = _fit([member], train, evaluation, 32)
     assert not result.stopped_early and result.epochs == 4 and result.best_epoch < 4
-    (until_best,) = fit(
-        SMALL, [replace(member, epochs=result.best_epoch, early_stopping=None)], train, evaluation, 32, 1, EAGER
-    )
+    (until_best,) = _fit([replace(member, epochs=result.best_epoch, early_stopping=None)], train, evaluation, 32)
     assert torch.equal(result.params, until_best.params)
 
 
@@ -168,9 +164,7 @@ def test_short_real_run_is_deterministic_and_learns(mnist):
     """The compiled engine, twice, on a real subset: identical histories and > 90% validation accuracy."""
     x, y = mnist.split("train")
     member = Member(seed=0, learning_rate=1e-3, epochs=3, dropout=0.1)
-    runs = [
-        fit(SMALL, [member], (x[:10_000], y[:10_000]), mnist.split("validation"), 32, 1, Engine())[0] for _ in range(2)
-    ]
+    runs = [_fit([member], (x[:10_000], y[:10_000]), mnist.split("validation"), 32, Engine())[0] for _ in range(2)]
     assert runs[0].history[-1].eval_accuracy > 0.90
     assert [(e.loss, e.accuracy, e.eval_loss, e.eval_accuracy) for e in runs[0].history] == [
         (e.loss, e.accuracy, e.eval_loss, e.eval_accuracy) for e in runs[1].history
@@ -185,24 +179,23 @@ def test_protocol_retrains_for_the_epochs_phase_one_ran(small_mnist):
         Member(seed=1, learning_rate=1e-3, epochs=2),
         Member(seed=0, learning_rate=1e-2, epochs=30, early_stopping=replace(rule, restore_best_weights=False)),
     ]
-    early, plain, kept = train_protocol(SMALL, members, small_mnist, 64, EAGER)
-    assert early.metrics["epochs"]["phase2"] == early.phase1.epochs < 30
-    stopping = early.metrics["early_stopping"]
-    assert stopping["stopped_early"] and stopping["restored_best_weights"]
-    assert curve_marks(early) == {
-        "lowest validation loss": stopping["best_epoch"],
-        "restored best epoch": stopping["best_epoch"],
+    early, plain, kept = train_protocol(SMALL, members, small_mnist.on(torch.device("cpu")), 64, EAGER)
+    assert early.phase2.epochs == early.phase1.epochs < 30
+    assert early.phase1.stopped_early and early.phase1.restored_best
+    assert curve_marks(early.phase1) == {
+        "lowest validation loss": early.phase1.best_epoch,
+        "restored best epoch": early.phase1.best_epoch,
         "early stop": early.phase1.epochs,
     }
     # The same run without restoring: the curves mark no restored epoch, which would mislead.
-    assert not kept.metrics["early_stopping"]["restored_best_weights"]
-    assert "restored best epoch" not in curve_marks(kept) and "early stop" in curve_marks(kept)
-    assert plain.metrics["epochs"] == {"phase1": 2, "phase2": 2}
+    assert not kept.phase1.restored_best
+    assert "restored best epoch" not in curve_marks(kept.phase1) and "early stop" in curve_marks(kept.phase1)
+    assert (plain.phase1.epochs, plain.phase2.epochs) == (2, 2)
     assert [e.eval_loss for e in plain.phase2.history] != [e.eval_loss for e in plain.phase1.history]
     for split in ("train", "validation", "full", "test"):
-        assert 0.5 < plain.metrics[split]["accuracy"] <= 1 and plain.metrics[split]["loss"] > 0
-    assert plain.metrics["validation"]["loss"] == pytest.approx(plain.phase1.history[-1].eval_loss, rel=1e-5)
-    assert plain.metrics["test"]["accuracy"] == pytest.approx(plain.phase2.history[-1].eval_accuracy)
+        assert 0.5 < plain.scores[split].accuracy <= 1 and plain.scores[split].loss > 0
+    assert plain.scores["validation"].loss == pytest.approx(plain.phase1.history[-1].eval_loss, rel=1e-5)
+    assert plain.scores["test"].accuracy == pytest.approx(plain.phase2.history[-1].eval_accuracy)
 
 
 def test_random_streams_are_independent():

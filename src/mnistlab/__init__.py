@@ -1,3 +1,18 @@
-"""mnistlab: the classic MLP study of MNIST, reproduced from one command, measured and explained."""
+"""mnistlab: the classic MLP study of MNIST, reproduced from one command, measured and explained.
+
+The Python API is the command line's: `run`, `study`, `report`, `load_run`, `load_runs`, `presets`
+(see `mnistlab.api`). They load on first use, so that `import mnistlab.spec` stays free of torch.
+"""
 
 __version__ = "0.1.0"
+
+API = ("load_run", "load_runs", "presets", "report", "run", "study")
+__all__ = ["__version__", *API]
+
+
+def __getattr__(name: str):
+    if name in API:
+        from mnistlab import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'mnistlab' has no attribute {name!r}")

@@ -6,11 +6,9 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
-
-from mnistlab import __version__, config, data, report, runs
-from mnistlab.engine import PRECISIONS, Engine, flush_denormals, resolve_precision
-from mnistlab.errors import ConfigError, MnistlabError
+from mnistlab import __version__, api, data
+from mnistlab.errors import MnistlabError
+from mnistlab.train.engine import DEVICES, PRECISIONS, flush_denormals
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +89,7 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="train N seeds (seed, seed+1, ...) in lockstep, in folders seed-K",
     )
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -126,64 +124,39 @@ def _data_info(args: argparse.Namespace) -> None:
 
 
 def _presets(args: argparse.Namespace) -> None:
-    for name in config.preset_names():
-        print(f"{name:<18} {config.load(name).description}")
+    for name, description in api.presets().items():
+        print(f"{name:<18} {description}")
+
+
+def _training(args: argparse.Namespace) -> dict:
+    """The options `run` and `study` share, as the library takes them."""
+    return {
+        "overrides": args.overrides,
+        "seed": args.seed,
+        "seeds": args.seeds,
+        "epochs": args.epochs,
+        "dataset": args.dataset,
+        "data_dir": args.data_dir,
+        "device": args.device,
+        "precision": args.precision,
+        "compile": args.compile,
+        "progress": not args.quiet and sys.stderr.isatty(),
+        "log": (lambda _: None) if args.quiet else print,
+    }
 
 
 def _run(args: argparse.Namespace) -> None:
-    experiment = config.load(args.preset, _overrides(args))
-    _execute(args, _entries(experiment, args.out or Path("runs") / experiment.name, args.seeds))
+    api.run(args.preset, out=args.out, **_training(args))
 
 
 def _study(args: argparse.Namespace) -> None:
-    names = args.presets or config.preset_names()
-    experiments = [config.load(name, _overrides(args)) for name in names]
-    entries = [entry for e in experiments for entry in _entries(e, args.out / e.name, args.seeds)]
-    todo = [entry for entry in entries if not runs.is_finished(entry.folder)]
-    if len(todo) < len(entries) and not args.quiet:
-        print(f"{len(entries) - len(todo)} of {len(entries)} runs already finished in {args.out}")
-    if todo:
-        _execute(args, todo)
-    html, md = report.build([args.out], args.out / "report.html")
-    if not args.quiet:
-        print(f"report: {html} (and {md.name})")
+    api.study(args.presets, out=args.out, **_training(args))
 
 
 def _report(args: argparse.Namespace) -> None:
     start = time.perf_counter()
-    html, md = report.build(args.folders, args.out)
+    html, md = api.report(args.folders, args.out)
     print(f"report: {html} and {md} in {time.perf_counter() - start:.1f} s")
-
-
-def _overrides(args: argparse.Namespace) -> list[str]:
-    """--set, with the shorthands --dataset, --epochs and --seed applied last."""
-    overrides = list(args.overrides)
-    if args.dataset:
-        overrides.append(f'dataset="{args.dataset}"')
-    if args.epochs is not None:
-        overrides.append(f"train.epochs={args.epochs}")
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    return overrides
-
-
-def _entries(experiment: config.Experiment, folder: Path, seeds: int) -> list[runs.Entry]:
-    if seeds < 1:
-        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
-    if seeds == 1:
-        return [runs.Entry(experiment, folder)]
-    first = experiment.seed
-    return [runs.Entry(experiment.with_seed(s), folder / f"seed-{s}") for s in range(first, first + seeds)]
-
-
-def _execute(args: argparse.Namespace, entries: list[runs.Entry]) -> None:
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise MnistlabError("--device cuda: PyTorch sees no CUDA device here")
-    device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
-    precision = resolve_precision(args.precision, torch.device(device))
-    engine = Engine(torch.device(device), args.compile, precision, progress=not args.quiet and sys.stderr.isatty())
-    log = (lambda *_: None) if args.quiet else print
-    runs.execute(entries, engine, args.data_dir, identify=bool(args.data_dir and not args.dataset), log=log)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

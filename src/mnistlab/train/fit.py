@@ -1,30 +1,25 @@
-"""Training: Keras' Adam over a stack of models, early stopping, and the lab report's two-phase protocol.
+"""Training a stack of models in lockstep: Keras' Adam, early stopping, one compiled step.
 
-`fit` trains M members of one architecture in lockstep. Each member keeps its own seed, learning
-rate, penalties, dropout rates, data order, epoch budget and early-stopping state; a member that is
-done is frozen (its updates are multiplied by zero) while the others go on. Data stays on the device
-as tensors indexed by a per-epoch permutation: no DataLoader, and no host sync inside an epoch unless
-a progress bar asks for live numbers.
-
-`train_protocol` is the report's protocol: phase 1 trains on the 50k split and evaluates the
-validation split every epoch; phase 2 trains fresh models on all 60k for as many epochs as phase 1
-ran, and evaluates the test split.
+`fit` trains M members of one architecture in lockstep. Each member keeps its own hyperparameters
+(learning rate, penalties, dropout rates, epoch budget, early stopping) and its own random streams
+(initial weights, data order, dropout masks); a member that is done is frozen (its updates are
+multiplied by zero) while the others go on. Data stays on the device as tensors indexed by a
+per-epoch permutation: no DataLoader, and no host sync inside an epoch unless a progress bar asks
+for live numbers.
 """
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from itertools import chain
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from mnistlab.data import Dataset
-from mnistlab.engine import Engine, compile_step, flush_denormals
-from mnistlab.model import (
-    Architecture,
+from mnistlab.nn.mlp import (
+    Penalties,
     Regularization,
     batch_grads,
     evaluate,
@@ -34,35 +29,13 @@ from mnistlab.model import (
     mean_grads,
     penalty,
 )
+from mnistlab.spec import Architecture, EarlyStopping, Hyperparameters
+from mnistlab.train.engine import Engine, compile_step, flush_denormals
+from mnistlab.train.progress import ProgressBars
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPSILON = 1e-7  # Keras' default; PyTorch's is 1e-8
-MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
 FULL_BATCH_ROWS = 8192  # rows x members per chunk of a full batch: activations the allocator reuses
-
-
-@dataclass(frozen=True)
-class EarlyStopping:
-    """Keras' EarlyStopping, except that best weights are restored however the run ends."""
-
-    monitor: str = "val_loss"
-    patience: int = 0
-    min_delta: float = 0.0
-    restore_best_weights: bool = True
-
-
-@dataclass(frozen=True)
-class Member:
-    """One model of a stack: the numbers in which members of one architecture may differ."""
-
-    seed: int
-    learning_rate: float
-    epochs: int
-    input_dropout: float = 0.0
-    dropout: float = 0.0
-    l1: float = 0.0
-    l2: float = 0.0
-    early_stopping: EarlyStopping | None = None
 
 
 @dataclass
@@ -89,9 +62,34 @@ class Fit:
 
 
 def seed_for(seed: int, stream: str) -> int:
-    """An independent seed for one random stream ('init', 'shuffle-1', 'dropout-2', ...) of a run's seed."""
+    """An independent seed for one named random stream ('init', 'shuffle-1', 'dropout-2', ...) of a run's seed."""
     state = np.random.SeedSequence([seed, *stream.encode()]).generate_state(1, np.uint64)[0]
     return int(state >> np.uint64(1))  # 63 bits: torch seeds and int64 keys take it
+
+
+@dataclass(frozen=True)
+class Streams:
+    """The seeds of one member's random streams in one training: initial weights, data order, dropout masks."""
+
+    init: int
+    shuffle: int
+    dropout: int
+
+
+class Totals(NamedTuple):
+    """(M,) running sums over an epoch's batches, on the device."""
+
+    loss_sum: torch.Tensor  # of each batch's mean loss times its rows
+    correct: torch.Tensor
+
+
+class EpochNumbers(NamedTuple):
+    """Per member, an epoch's running training loss and accuracy, and its clean evaluation."""
+
+    loss: list[float]
+    accuracy: list[float]
+    eval_loss: list[float]
+    eval_accuracy: list[float]
 
 
 @dataclass
@@ -135,7 +133,7 @@ class StackState:
         return flat(self.weights)
 
 
-def train_step(state: StackState, x, y, batch, totals, *, arch, dropout_members, penalties, bf16_layers):
+def train_step(state: StackState, x, y, batch, totals: Totals, *, arch, dropout_members, penalties, bf16_layers):
     """One mini-batch for every member, batch (M, B) being row indices into x and y: forward,
     backward, Adam. Compiled, it is one graph."""
     nll, correct, grads = batch_grads(
@@ -153,10 +151,10 @@ def chunk_grads(state: StackState, x, y, first_row, *, arch, dropout_members, bf
     )
 
 
-def apply_gradients(state: StackState, totals, nll, correct, grads, rows, penalties) -> None:
+def apply_gradients(state: StackState, totals: Totals, nll, correct, grads, rows, penalties: Penalties) -> None:
     """The end of every step: the mean over the batch's rows, the penalty, Keras' Adam, the running totals."""
     loss = nll / rows
-    if any(penalties):
+    if penalties.any:
         loss = loss + penalty(state.weights, state.reg)
     beta1, beta2 = ADAM_BETAS
     state.beta_powers.mul_(torch.tensor(ADAM_BETAS, device=loss.device))
@@ -170,8 +168,8 @@ def apply_gradients(state: StackState, totals, nll, correct, grads, rows, penalt
         v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         weight.sub_(step_size * m / (v.sqrt() + ADAM_EPSILON))
     state.step.add_(1)
-    totals[0].add_(loss * rows)
-    totals[1].add_(correct)
+    totals.loss_sum.add_(loss * rows)
+    totals.correct.add_(correct)
 
 
 class _Stopper:
@@ -195,26 +193,29 @@ class _Stopper:
 
 def fit(
     arch: Architecture,
-    members: list[Member],
+    members: list[Hyperparameters],
+    streams: list[Streams],
     train: tuple[torch.Tensor, torch.Tensor],
     evaluation: tuple[torch.Tensor, torch.Tensor],
     batch_size: int | None,
-    phase: int,
     engine: Engine,
+    progress: ProgressBars | None = None,
 ) -> list[Fit]:
-    """Train a stack of members on `train`, evaluating `evaluation` every epoch. batch_size None: full batch."""
+    """Train a stack of members, each with its own random streams, on `train`, evaluating `evaluation`
+    every epoch. batch_size None: full batch."""
     if engine.device.type == "cpu":
         flush_denormals()
-    stack = _Stack(arch, members, train, batch_size, phase, engine)
+    stack = _Lockstep(arch, members, streams, train, batch_size, engine)
     tracker = _Tracker(members, stack.state.params)
     steps = -(-len(train[1]) // stack.batch_size)
     for epoch in range(1, tracker.last_epoch + 1):
         start = time.perf_counter()
-        with _progress(engine, phase, epoch, tracker.last_epoch, steps) as bar:
+        with (progress or ProgressBars.OFF).epoch(epoch, tracker.last_epoch, steps) as bar:
             train_loss, train_acc = stack.train_epoch(bar)
             params = stack.state.params
             eval_loss, eval_acc = evaluate(params, arch, stack.state.reg, *evaluation)
-            numbers = torch.stack([train_loss, train_acc, eval_loss, eval_acc]).tolist()  # the epoch's one sync
+            # The epoch's one host sync.
+            numbers = EpochNumbers(*torch.stack([train_loss, train_acc, eval_loss, eval_acc]).tolist())
             bar.finish(numbers, tracker.running)
         tracker.end_epoch(epoch, numbers, time.perf_counter() - start, params, stack.state.active)
         if not tracker.running:
@@ -222,20 +223,20 @@ def fit(
     return tracker.fits(stack.state.params)
 
 
-class _Stack:
+class _Lockstep:
     """A stack in training: its state, its data, and the compiled step that updates it."""
 
-    def __init__(self, arch, members, train, batch_size, phase, engine):
+    def __init__(self, arch, members: list[Hyperparameters], streams: list[Streams], train, batch_size, engine):
         device = engine.device
         self.x, self.y = train
         self.batch_size = min(batch_size or len(self.y), len(self.y))
-        params = init_params(arch, [seed_for(m.seed, "init") for m in members], device)
-        reg = Regularization.of(arch, [vars(m) for m in members], device)
-        keys = torch.tensor([seed_for(m.seed, f"dropout-{phase}") for m in members], device=device)
+        params = init_params(arch, [s.init for s in streams], device)
+        reg = Regularization.of(arch, members, device)
+        keys = torch.tensor([s.dropout for s in streams], device=device)
         learning_rate = torch.tensor([m.learning_rate for m in members], device=device)
         self.state = StackState.start(arch, params, keys, learning_rate, reg)
-        self.shufflers = [torch.Generator().manual_seed(seed_for(m.seed, f"shuffle-{phase}")) for m in members]
-        self.penalties = (bool(reg.l1.any()), bool(reg.l2.any()))
+        self.shufflers = [torch.Generator().manual_seed(s.shuffle) for s in streams]
+        self.penalties = reg.penalties()
         fixed = {
             "arch": arch,
             "dropout_members": reg.dropout_members(),
@@ -251,7 +252,7 @@ class _Stack:
     def train_epoch(self, bar) -> tuple[torch.Tensor, torch.Tensor]:
         """One epoch for every member; (M,) running training loss and accuracy, on the device."""
         members, device = len(self.state.keys), self.state.keys.device
-        totals = (torch.zeros(members, device=device), torch.zeros(members, device=device))
+        totals = Totals(torch.zeros(members, device=device), torch.zeros(members, device=device))
         if self.full_batch:
             self._full_batch_step(totals)
             bar.tick(0, totals, len(self.y))
@@ -262,9 +263,9 @@ class _Stack:
                 step_fn = self.eager if batch.shape[1] < self.batch_size else self.compiled
                 step_fn(self.state, self.x, self.y, batch, totals)
                 bar.tick(index, totals, self.batch_size)
-        return totals[0] / len(self.y), totals[1] / len(self.y)
+        return totals.loss_sum / len(self.y), totals.correct / len(self.y)
 
-    def _full_batch_step(self, totals) -> None:
+    def _full_batch_step(self, totals: Totals) -> None:
         """One step over all rows, in order (their order cannot matter), as gradients summed over row
         chunks: activations of a whole 50k batch would be allocated, page-faulted in and freed every step."""
         # Chunks of (nearly) equal size: a short last chunk would make the compiler specialise again.
@@ -274,12 +275,14 @@ class _Stack:
         grads = None
         for start in range(0, len(self.y), chunk_rows):
             rows = self.x[start : start + chunk_rows], self.y[start : start + chunk_rows]
-            chunk = self.compiled(self.state, *rows, torch.tensor(start, device=self.x.device))
-            nll, correct = nll + chunk[0], correct + chunk[1]
+            part_nll, part_correct, part_grads = self.compiled(
+                self.state, *rows, torch.tensor(start, device=self.x.device)
+            )
+            nll, correct = nll + part_nll, correct + part_correct
             if grads is None:
-                grads = chunk[2]
+                grads = part_grads
             else:
-                grads = [(k + chunk_k, b + chunk_b) for (k, b), (chunk_k, chunk_b) in zip(grads, chunk[2], strict=True)]
+                grads = [(k + pk, b + pb) for (k, b), (pk, pb) in zip(grads, part_grads, strict=True)]
         apply_gradients(self.state, totals, nll, correct, grads, len(self.y), self.penalties)
 
 
@@ -297,7 +300,7 @@ def _epoch_batches(shufflers: list[torch.Generator], size: int, batch_size: int,
 class _Tracker:
     """Per-member bookkeeping between epochs: histories, epoch budgets, early stopping, best weights."""
 
-    def __init__(self, members: list[Member], params: torch.Tensor):
+    def __init__(self, members: list[Hyperparameters], params: torch.Tensor):
         self.members = members
         self.stoppers = [_Stopper(m.early_stopping) if m.early_stopping else None for m in members]
         self.restoring = [s is not None and s.rule.restore_best_weights for s in self.stoppers]
@@ -307,15 +310,20 @@ class _Tracker:
         self.running = list(range(len(members)))
         self.last_epoch = max(m.epochs for m in members)
 
-    def end_epoch(self, epoch: int, numbers: list[list[float]], seconds: float, params, active) -> None:
+    def end_epoch(self, epoch: int, numbers: EpochNumbers, seconds: float, params, active) -> None:
         """Record the epoch for the running members; freeze those that are done."""
         for member in list(self.running):
-            loss, acc, val_loss, val_acc = (column[member] for column in numbers)
-            self.histories[member].append(Epoch(epoch, loss, acc, val_loss, val_acc, seconds))
+            record = Epoch(epoch, *(column[member] for column in numbers), seconds)
+            self.histories[member].append(record)
             done = epoch >= self.members[member].epochs
             stopper = self.stoppers[member]
             if stopper:
-                monitored = {"loss": loss, "accuracy": acc, "val_loss": val_loss, "val_accuracy": val_acc}
+                monitored = {
+                    "loss": record.loss,
+                    "accuracy": record.accuracy,
+                    "val_loss": record.eval_loss,
+                    "val_accuracy": record.eval_accuracy,
+                }
                 improved, stop = stopper.update(epoch, monitored[stopper.rule.monitor])
                 if improved and self.restoring[member]:
                     self.best_params[member] = params[member]
@@ -331,94 +339,11 @@ class _Tracker:
             final = self.best_params[member] if self.restoring[member] else params[member]
             fits.append(
                 Fit(
-                    final.clone(),
-                    self.histories[member],
-                    stopper and stopper.best_epoch,
-                    self.stopped[member],
-                    self.restoring[member],
+                    params=final.clone(),
+                    history=self.histories[member],
+                    best_epoch=stopper and stopper.best_epoch,
+                    stopped_early=self.stopped[member],
+                    restored_best=self.restoring[member],
                 )
             )
         return fits
-
-
-class _progress:
-    """A Keras-like bar per epoch, with live loss and accuracy; a no-op (and no host sync) when off."""
-
-    def __init__(self, engine: Engine, phase: int, epoch: int, epochs: int, steps: int):
-        self.bar = None
-        if engine.progress:
-            label = f"{engine.label} " if engine.label else ""
-            self.bar = tqdm(total=steps, desc=f"{label}phase {phase} epoch {epoch}/{epochs}", unit="step", leave=True)
-            self.every = max(1, steps // 50)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()
-
-    def tick(self, index: int, totals, batch_size: int) -> None:
-        if self.bar is not None and (index + 1) % self.every == 0:
-            seen = (index + 1) * batch_size
-            self.bar.set_postfix_str(_describe(totals[0].mean() / seen, totals[1].mean() / seen), refresh=False)
-            self.bar.update(self.every)
-
-    def finish(self, numbers: list[list[float]], running: list[int]) -> None:
-        if self.bar is not None:
-            loss, acc, val_loss, val_acc = (np.mean([column[m] for m in running]) for column in numbers)
-            self.bar.n = self.bar.total
-            self.bar.set_postfix_str(f"{_describe(loss, acc)}, eval loss {val_loss:.4f}, eval acc {val_acc:.4f}")
-
-
-def _describe(loss, accuracy) -> str:
-    return f"loss {float(loss):.4f}, acc {float(accuracy):.4f}"
-
-
-@dataclass
-class Result:
-    """One member's run of the two-phase protocol."""
-
-    phase1: Fit  # on the train split, evaluated on validation
-    phase2: Fit  # on the full 60k, evaluated on test
-    metrics: dict  # split -> {"loss", "accuracy"} clean, plus the epochs of each phase
-    seconds: float  # wall time of the stack this member trained in
-
-
-def train_protocol(
-    arch: Architecture, members: list[Member], dataset: Dataset, batch_size: int | None, engine: Engine
-) -> list[Result]:
-    """The report's two phases for a stack of members (see the module's docstring)."""
-    start = time.perf_counter()
-    splits = {
-        name: tuple(t.to(engine.device) for t in dataset.split(name))
-        for name in ("train", "validation", "full", "test")
-    }
-    reg = Regularization.of(arch, [vars(m) for m in members], engine.device)
-
-    phase1 = fit(arch, members, splits["train"], splits["validation"], batch_size, 1, engine)
-    stack1 = torch.stack([f.params for f in phase1])
-    retrain = [replace(m, epochs=f.epochs, early_stopping=None) for m, f in zip(members, phase1, strict=True)]
-    phase2 = fit(arch, retrain, splits["full"], splits["test"], batch_size, 2, engine)
-    stack2 = torch.stack([f.params for f in phase2])
-
-    clean = {
-        "train": evaluate(stack1, arch, reg, *splits["train"]),
-        "validation": evaluate(stack1, arch, reg, *splits["validation"]),
-        "full": evaluate(stack2, arch, reg, *splits["full"]),
-        "test": evaluate(stack2, arch, reg, *splits["test"]),
-    }
-    seconds = time.perf_counter() - start
-    results = []
-    for member, (first, second) in enumerate(zip(phase1, phase2, strict=True)):
-        metrics = {
-            split: {"loss": loss[member].item(), "accuracy": acc[member].item()} for split, (loss, acc) in clean.items()
-        }
-        metrics["epochs"] = {"phase1": first.epochs, "phase2": second.epochs}
-        metrics["early_stopping"] = {
-            "stopped_early": first.stopped_early,
-            "best_epoch": first.best_epoch,
-            "restored_best_weights": first.restored_best,
-        }
-        results.append(Result(first, second, metrics, seconds))
-    return results

@@ -9,7 +9,12 @@ from pathlib import Path
 
 import torch
 
+from mnistlab.errors import MnistlabError
+
 PRECISIONS = ("auto", "fp32", "bf16")
+
+
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -19,8 +24,19 @@ class Engine:
     device: torch.device = torch.device("cpu")
     compile: bool = True
     precision: str = "fp32"  # of the training matmuls: fp32 or bf16 (float32 accumulation, float32 weights)
-    progress: bool = False
-    label: str = ""
+
+    @classmethod
+    def create(cls, device: str = "auto", precision: str = "auto", compile: bool = True) -> "Engine":
+        """An engine for this machine: `auto` takes CUDA where PyTorch sees it, and bf16 where the device
+        multiplies it natively."""
+        if device not in DEVICES:
+            raise MnistlabError(f"device {device!r}: expected one of {', '.join(DEVICES)}")
+        if precision not in PRECISIONS:
+            raise MnistlabError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise MnistlabError("device cuda: PyTorch sees no CUDA device here")
+        chosen = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
+        return cls(chosen, compile, resolve_precision(precision, chosen))
 
     def bf16_layers(self, shapes: list[tuple[int, int]], batch_rows: int) -> tuple[int, ...]:
         """The layers (of these (inputs, outputs) shapes) whose matmuls run in bf16 for a model trained on

@@ -20,75 +20,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnistlab.download import fetch, sha256_hex
+from mnistlab.data.catalog import CATALOG, FILES, Catalogued
+from mnistlab.data.download import fetch, sha256_hex
+from mnistlab.data.idx import parse_images, parse_labels, read_bytes
 from mnistlab.errors import DataError
-from mnistlab.idx import parse_images, parse_labels, read_bytes
 
 ENV_VAR = "MNISTLAB_DATA"
 SPLITS = ("train", "validation", "full", "test")
-FILES = {  # role -> file name, without the optional .gz
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
+
+
+def size_label(count: int) -> str:
+    """A split's size as the lab report names it: 50k, 5k, 55k; a count that is no whole thousand as is."""
+    return f"{count // 1000}k" if count % 1000 == 0 else f"{count:,}"
 
 
 @dataclass(frozen=True)
-class Catalogued:
-    """A data set with published checksums and public mirrors."""
+class Splits:
+    """The four splits' (images, labels) on one device, as training takes them."""
 
-    name: str
-    title: str
-    classes: tuple[str, ...]
-    sha256: dict[str, str]  # file name -> SHA-256 of its decompressed bytes
-    mirrors: tuple[str, ...]
-
-
-CATALOG = {
-    "mnist": Catalogued(
-        name="mnist",
-        title="MNIST handwritten digits",
-        classes=tuple("0123456789"),
-        sha256={
-            "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-            "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-            "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-            "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-        },
-        mirrors=(
-            "https://ossci-datasets.s3.amazonaws.com/mnist/",
-            "https://storage.googleapis.com/cvdf-datasets/mnist/",
-            "http://yann.lecun.com/exdb/mnist/",
-        ),
-    ),
-    "fashion-mnist": Catalogued(
-        name="fashion-mnist",
-        title="Fashion-MNIST (Zalando Research)",
-        classes=(
-            "T-shirt/top",
-            "Trouser",
-            "Pullover",
-            "Dress",
-            "Coat",
-            "Sandal",
-            "Shirt",
-            "Sneaker",
-            "Bag",
-            "Ankle boot",
-        ),
-        sha256={
-            "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-            "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-            "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-            "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-        },
-        mirrors=(
-            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-            "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
-        ),
-    ),
-}
+    train: tuple[torch.Tensor, torch.Tensor]
+    validation: tuple[torch.Tensor, torch.Tensor]
+    full: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -120,6 +73,13 @@ class Dataset:
         if name == "test":
             return self.test_images, self.test_labels
         raise ValueError(f"unknown split {name!r}; the splits are {', '.join(SPLITS)}")
+
+    def split_sizes(self) -> dict[str, int]:
+        return {name: len(self.split(name)[1]) for name in SPLITS}
+
+    def on(self, device: torch.device) -> Splits:
+        """Every split, moved to `device` once."""
+        return Splits(*(tuple(t.to(device) for t in self.split(name)) for name in SPLITS))
 
     def class_counts(self, split: str) -> list[int]:
         return torch.bincount(self.split(split)[1], minlength=len(self.classes)).tolist()

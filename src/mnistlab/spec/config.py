@@ -28,20 +28,27 @@ ConfigError naming the key.
     patience = 10
     min_delta = 0.0
     restore_best_weights = true
+
+Each key's name is the name of the field it fills (of `Hyperparameters`, `EarlyStopping` or
+`Experiment`), and a key without a value takes that field's default.
 """
 
 import tomllib
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, fields
 from importlib import resources
 from pathlib import Path
 
 from mnistlab.errors import ConfigError
-from mnistlab.model import ACTIVATIONS, Architecture
-from mnistlab.train import MONITORS, EarlyStopping, Member
+from mnistlab.spec.experiment import ACTIVATIONS, MONITORS, EarlyStopping, Experiment, Hyperparameters
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return _integer(value) and value > 0
 
 
 def _number(value) -> bool:
@@ -56,104 +63,82 @@ def _non_negative(value) -> bool:
     return _number(value) and value >= 0
 
 
-# section -> key -> (check, what the check wants)
-SCHEMA = {
+@dataclass(frozen=True)
+class Rule:
+    check: Callable[[object], bool]
+    wanted: str  # what the check wants, for the error message
+
+
+_RATE = Rule(_fraction, "a rate in [0, 1)")
+_PENALTY = Rule(_non_negative, "a non-negative number")
+
+# section ("" for the top level) -> key -> rule
+SCHEMA: dict[str, dict[str, Rule]] = {
     "": {
-        "description": (lambda v: isinstance(v, str), "a string"),
-        "extends": (lambda v: isinstance(v, str), "a preset name"),
-        "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a non-negative integer"),
-        "dataset": (lambda v: isinstance(v, str) and v != "", "a data set name"),
-        "validation_size": (_positive_int, "a positive integer"),
+        "description": Rule(lambda v: isinstance(v, str), "a string"),
+        "extends": Rule(lambda v: isinstance(v, str), "a preset name"),
+        "seed": Rule(lambda v: _integer(v) and v >= 0, "a non-negative integer"),
+        "dataset": Rule(lambda v: isinstance(v, str) and v != "", "a data set name"),
+        "validation_size": Rule(_positive_int, "a positive integer"),
     },
     "model": {
-        "hidden": (lambda v: isinstance(v, list) and v != [] and all(map(_positive_int, v)), "a list of widths"),
-        "activation": (lambda v: v in ACTIVATIONS, " or ".join(ACTIVATIONS)),
-        "input_dropout": (_fraction, "a rate in [0, 1)"),
-        "dropout": (_fraction, "a rate in [0, 1)"),
-        "l1": (_non_negative, "a non-negative number"),
-        "l2": (_non_negative, "a non-negative number"),
+        "hidden": Rule(lambda v: isinstance(v, list) and v != [] and all(map(_positive_int, v)), "a list of widths"),
+        "activation": Rule(lambda v: v in ACTIVATIONS, " or ".join(ACTIVATIONS)),
+        "input_dropout": _RATE,
+        "dropout": _RATE,
+        "l1": _PENALTY,
+        "l2": _PENALTY,
     },
     "train": {
-        "epochs": (_positive_int, "a positive integer"),
-        "batch_size": (lambda v: _positive_int(v) or v == "full", 'a positive integer or "full"'),
-        "learning_rate": (lambda v: _number(v) and v > 0, "a positive number"),
+        "epochs": Rule(_positive_int, "a positive integer"),
+        "batch_size": Rule(lambda v: _positive_int(v) or v == "full", 'a positive integer or "full"'),
+        "learning_rate": Rule(lambda v: _number(v) and v > 0, "a positive number"),
     },
     "early_stopping": {
-        "monitor": (lambda v: v in MONITORS, " or ".join(MONITORS)),
-        "patience": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a non-negative integer"),
-        "min_delta": (_non_negative, "a non-negative number"),
-        "restore_best_weights": (lambda v: isinstance(v, bool), "true or false"),
+        "monitor": Rule(lambda v: v in MONITORS, " or ".join(MONITORS)),
+        "patience": Rule(lambda v: _integer(v) and v >= 0, "a non-negative integer"),
+        "min_delta": _PENALTY,
+        "restore_best_weights": Rule(lambda v: isinstance(v, bool), "true or false"),
     },
 }
-DEFAULTS = {
-    "description": "",
-    "seed": 0,
-    "dataset": "mnist",
-    "validation_size": 10_000,
-    "model": {"activation": "relu", "input_dropout": 0.0, "dropout": 0.0, "l1": 0.0, "l2": 0.0},
-    "train": {},
-    "early_stopping": {"monitor": "val_loss", "patience": 0, "min_delta": 0.0, "restore_best_weights": True},
-}
 REQUIRED = {"model": ("hidden",), "train": ("epochs", "batch_size", "learning_rate")}
+# The defaults of keys that fill an Experiment's own fields; those of hyperparameters and early
+# stopping are their fields' defaults.
+EXPERIMENT_DEFAULTS = {"description": "", "seed": 0, "dataset": "mnist", "validation_size": 10_000}
+MODEL_DEFAULTS = {"activation": "relu"}
 
 
-@dataclass(frozen=True)
-class Experiment:
-    """A resolved, checked config: everything a run needs but the data and the engine."""
+def _field_defaults(cls) -> dict:
+    return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
 
-    name: str
-    description: str
-    seed: int
-    dataset: str
-    validation_size: int
-    hidden: tuple[int, ...]
-    activation: str
-    input_dropout: float
-    dropout: float
-    l1: float
-    l2: float
-    epochs: int
-    batch_size: int | None  # None: the whole training set
-    learning_rate: float
-    early_stopping: EarlyStopping | None
-    source: dict  # the resolved TOML tables, for writing back out
 
-    def architecture(self, inputs: int) -> Architecture:
-        return Architecture(inputs, self.hidden, 10, self.activation)
+def _defaults() -> dict:
+    """Every optional key's default, by table."""
+    hyper = _field_defaults(Hyperparameters)
+    model = {**MODEL_DEFAULTS, **{k: hyper[k] for k in SCHEMA["model"] if k in hyper}}
+    train = {k: hyper[k] for k in SCHEMA["train"] if k in hyper}
+    return {**EXPERIMENT_DEFAULTS, "model": model, "train": train, "early_stopping": _field_defaults(EarlyStopping)}
 
-    def with_seed(self, seed: int) -> "Experiment":
-        return replace(self, seed=seed, source={**self.source, "seed": seed})
 
-    def member(self) -> Member:
-        return Member(
-            seed=self.seed,
-            learning_rate=self.learning_rate,
-            epochs=self.epochs,
-            input_dropout=self.input_dropout,
-            dropout=self.dropout,
-            l1=self.l1,
-            l2=self.l2,
-            early_stopping=self.early_stopping,
-        )
-
-    def lockstep_key(self) -> tuple:
-        """Experiments with equal keys can train as members of one stack."""
-        return (self.dataset, self.validation_size, self.hidden, self.activation, self.batch_size)
-
-    def training_key(self) -> tuple:
-        """Experiments with equal keys train to the same result, bit for bit: one training serves them all."""
-        return (*self.lockstep_key(), self.member())
+def _flatten(resolved: dict) -> dict:
+    """Key -> value over every table: keys are unique across tables, and each names the field it fills."""
+    flat = {}
+    for key, value in resolved.items():
+        flat.update(value if isinstance(value, dict) else {key: value})
+    return flat
 
 
 def preset_names() -> list[str]:
     return sorted(
-        p.name.removesuffix(".toml") for p in resources.files("mnistlab.presets").iterdir() if p.name.endswith(".toml")
+        p.name.removesuffix(".toml")
+        for p in resources.files("mnistlab.spec.presets").iterdir()
+        if p.name.endswith(".toml")
     )
 
 
 def load(name_or_path: str, overrides: list[str] = ()) -> Experiment:
     """A preset by name, or a TOML file by path, resolved and checked, with `key=value` overrides."""
-    table, name = _resolve(name_or_path, seen=())
+    table, name = _resolve(str(name_or_path), seen=())
     for override in overrides:
         _apply_override(table, override)
     return _build(name, table)
@@ -164,7 +149,7 @@ def _read(name_or_path: str) -> tuple[dict, str, str]:
     if path.suffix == ".toml" and path.is_file():
         text, name, origin = path.read_text(), path.stem, str(path)
     elif name_or_path in preset_names():
-        resource = resources.files("mnistlab.presets") / f"{name_or_path}.toml"
+        resource = resources.files("mnistlab.spec.presets") / f"{name_or_path}.toml"
         text, name, origin = resource.read_text(), name_or_path, f"preset {name_or_path}"
     else:
         raise ConfigError(f"no preset or TOML file {name_or_path!r}; presets: {', '.join(preset_names())}")
@@ -212,9 +197,8 @@ def _check_value(dotted: str, value, origin: str) -> None:
     if key not in rules:
         where = f"[{section}]" if section else "the top level"
         raise ConfigError(f"{origin}: unknown key {dotted!r}; {where} takes {', '.join(rules)}")
-    check, wanted = rules[key]
-    if not check(value):
-        raise ConfigError(f"{origin}: {dotted} must be {wanted}, got {value!r}")
+    if not rules[key].check(value):
+        raise ConfigError(f"{origin}: {dotted} must be {rules[key].wanted}, got {value!r}")
 
 
 def _apply_override(table: dict, override: str) -> None:
@@ -238,36 +222,38 @@ def _build(name: str, table: dict) -> Experiment:
         for key in keys:
             if key not in table.get(section, {}):
                 raise ConfigError(f"{name}: missing required key {section}.{key}")
-    resolved = _merge(DEFAULTS, table)
+    resolved = _merge(_defaults(), table)
     if "early_stopping" not in table:
         resolved.pop("early_stopping")
-    model, train = resolved["model"], resolved["train"]
     stopping = resolved.get("early_stopping")
+    values = _flatten(resolved)
+    hyperparameters = Hyperparameters(
+        **{f.name: _typed(f.type, values[f.name]) for f in fields(Hyperparameters) if f.name != "early_stopping"},
+        early_stopping=EarlyStopping(**stopping) if stopping else None,
+    )
     return Experiment(
         name=name,
         description=resolved["description"],
-        seed=resolved["seed"],
         dataset=resolved["dataset"],
         validation_size=resolved["validation_size"],
-        hidden=tuple(model["hidden"]),
-        activation=model["activation"],
-        input_dropout=float(model["input_dropout"]),
-        dropout=float(model["dropout"]),
-        l1=float(model["l1"]),
-        l2=float(model["l2"]),
-        epochs=train["epochs"],
-        batch_size=None if train["batch_size"] == "full" else train["batch_size"],
-        learning_rate=float(train["learning_rate"]),
-        early_stopping=EarlyStopping(**stopping) if stopping else None,
-        source=resolved,
+        hidden=tuple(values["hidden"]),
+        activation=values["activation"],
+        batch_size=None if values["batch_size"] == "full" else values["batch_size"],
+        hyperparameters=hyperparameters,
+        table=resolved,
     )
+
+
+def _typed(annotation, value):
+    """TOML writes 0 for 0.0: a float field gets a float."""
+    return float(value) if annotation in (float, "float") else value
 
 
 def to_toml(experiment: Experiment) -> str:
     """The resolved config as TOML that `mnistlab run FILE.toml` runs again to the same result."""
     lines = [f"# resolved config of {experiment.name}"]
     tables = []
-    for key, value in experiment.source.items():
+    for key, value in experiment.table.items():
         if isinstance(value, dict):
             tables.append((key, value))
         else:

@@ -15,39 +15,14 @@ kernels and zero biases, inverted dropout *before* each Dense layer, L1/L2 penal
 (`l1 * sum|W| + l2 * sum W**2`), softmax cross-entropy.
 """
 
-import json
 import math
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from mnistlab.errors import MnistlabError
-from mnistlab.files import atomic_path
+from mnistlab.spec import Architecture, Hyperparameters
 
-ACTIVATIONS = ("relu", "sigmoid", "tanh")
 EVAL_ELEMENTS = 1 << 22  # floats of activations per evaluation chunk (16 MB)
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """What the members of a stack share: layer widths and the hidden activation."""
-
-    inputs: int
-    hidden: tuple[int, ...]
-    classes: int = 10
-    activation: str = "relu"
-
-    @property
-    def shapes(self) -> list[tuple[int, int]]:
-        widths = [self.inputs, *self.hidden, self.classes]
-        return list(zip(widths[:-1], widths[1:], strict=True))
-
-    @property
-    def num_params(self) -> int:
-        return sum(n_in * n_out + n_out for n_in, n_out in self.shapes)
 
 
 @dataclass(frozen=True)
@@ -59,19 +34,33 @@ class Regularization:
     l2: torch.Tensor
 
     @classmethod
-    def of(cls, arch: Architecture, members: list[dict], device: torch.device) -> "Regularization":
-        """From per-member dicts with input_dropout, dropout (after each hidden layer), l1 and l2."""
-        rates = [[m["input_dropout"]] + [m["dropout"]] * len(arch.hidden) for m in members]
+    def of(cls, arch: Architecture, members: list[Hyperparameters], device: torch.device) -> "Regularization":
+        rates = [[m.input_dropout] + [m.dropout] * len(arch.hidden) for m in members]
         return cls(
             dropout=torch.tensor(rates, dtype=torch.float32, device=device),
-            l1=torch.tensor([m["l1"] for m in members], dtype=torch.float32, device=device),
-            l2=torch.tensor([m["l2"] for m in members], dtype=torch.float32, device=device),
+            l1=torch.tensor([m.l1 for m in members], dtype=torch.float32, device=device),
+            l2=torch.tensor([m.l2 for m in members], dtype=torch.float32, device=device),
         )
+
+    def penalties(self) -> "Penalties":
+        return Penalties(l1=bool(self.l1.any()), l2=bool(self.l2.any()))
 
     def dropout_members(self) -> tuple[tuple[int, ...], ...]:
         """Per layer, the members that drop out before it: only they draw dropout masks."""
         rates = self.dropout.cpu()
         return tuple(tuple(torch.nonzero(rates[:, layer]).flatten().tolist()) for layer in range(rates.shape[1]))
+
+
+@dataclass(frozen=True)
+class Penalties:
+    """Which kernel penalties any member of a stack has: a compiled step leaves out the terms none has."""
+
+    l1: bool
+    l2: bool
+
+    @property
+    def any(self) -> bool:
+        return self.l1 or self.l2
 
 
 def layers(params: torch.Tensor, arch: Architecture) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -137,16 +126,16 @@ def penalty(weights, reg: Regularization) -> torch.Tensor:
     return total
 
 
-def add_penalty_grad(kernel: torch.Tensor, grad: torch.Tensor, reg: Regularization, penalties: tuple[bool, bool]):
-    """A kernel's gradient with its L1/L2 penalty's added; `penalties` (any L1, any L2) skips unused terms."""
-    if penalties[0]:
+def add_penalty_grad(kernel: torch.Tensor, grad: torch.Tensor, reg: Regularization, penalties: Penalties):
+    """A kernel's gradient with its L1/L2 penalty's added; terms that no member has are skipped."""
+    if penalties.l1:
         grad = grad + reg.l1.view(-1, 1, 1) * torch.sign(kernel)
-    if penalties[1]:
+    if penalties.l2:
         grad = grad + 2 * reg.l2.view(-1, 1, 1) * kernel
     return grad
 
 
-def mean_grads(weights, reg: Regularization, grads, rows: int, penalties: tuple[bool, bool]):
+def mean_grads(weights, reg: Regularization, grads, rows: int, penalties: Penalties):
     """Per layer, the (kernel, bias) gradient of a batch's mean loss, penalty included, from
     `batch_grads`' sums over its `rows` rows."""
     return [
@@ -283,57 +272,3 @@ def batch_grads(
             grad_z = grad_h * _activation_grad(outputs[index - 1], arch.activation)
 
     return nll.sum(1), correct, grads[::-1]
-
-
-def summary(arch: Architecture, input_dropout: float, dropout: float) -> str:
-    """A table like Keras' model.summary(): layer, output shape, parameters, totals."""
-    rows = []
-    for index, (n_in, n_out) in enumerate(arch.shapes):
-        rate = input_dropout if index == 0 else dropout
-        if rate:
-            rows.append((f"dropout_{index} (Dropout, rate {rate:g})", f"(None, {n_in})", 0))
-        act = arch.activation if index < len(arch.hidden) else "softmax"
-        rows.append((f"dense_{index} (Dense, {act})", f"(None, {n_out})", n_in * n_out + n_out))
-    widths = (max(34, *(len(r[0]) for r in rows)) + 2, 16, 12)
-    rule = "-" * sum(widths)
-    lines = [
-        rule,
-        f"{'Layer (type)':<{widths[0]}}{'Output Shape':<{widths[1]}}{'Param #':>{widths[2]}}",
-        "=" * len(rule),
-    ]
-    lines += [f"{name:<{widths[0]}}{shape:<{widths[1]}}{count:>{widths[2]},}" for name, shape, count in rows]
-    lines += [
-        "=" * len(rule),
-        f"Total params: {arch.num_params:,}",
-        f"Trainable params: {arch.num_params:,}",
-        "Non-trainable params: 0",
-        rule,
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def save(path: Path, params: torch.Tensor, arch: Architecture, extra: dict | None = None) -> None:
-    """One member's flat (P,) parameters as safetensors, Keras-named, with the architecture as metadata."""
-    tensors = {}
-    for index, (kernel, bias) in enumerate(layers(params.detach().cpu().view(1, -1), arch)):
-        tensors[f"dense_{index}.kernel"] = kernel[0].contiguous()
-        tensors[f"dense_{index}.bias"] = bias[0, 0].contiguous()
-    metadata = {"architecture": json.dumps(asdict(arch)), **{k: json.dumps(v) for k, v in (extra or {}).items()}}
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=metadata)
-
-
-def load(path: Path) -> tuple[torch.Tensor, Architecture]:
-    """The flat (P,) parameters and architecture of a model written by `save`."""
-    try:
-        with safe_open(path, framework="pt") as f:
-            spec = json.loads(f.metadata()["architecture"])
-            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
-        arch = Architecture(spec["inputs"], tuple(spec["hidden"]), spec["classes"], spec["activation"])
-        parts = [tensors[f"dense_{i}.{part}"].flatten() for i in range(len(arch.shapes)) for part in ("kernel", "bias")]
-    except (OSError, SafetensorError, KeyError, ValueError, TypeError) as exc:
-        raise MnistlabError(f"{path}: not a mnistlab model ({exc})") from None
-    params = torch.cat(parts)
-    if params.numel() != arch.num_params:
-        raise MnistlabError(f"{path}: {params.numel()} parameters, its architecture needs {arch.num_params}")
-    return params, arch

@@ -26,10 +26,17 @@ class Bullets:
     items: list[str]
 
 
+@dataclass(frozen=True)
+class Flagged:
+    """A table cell that stands out: drawn in bold."""
+
+    text: str
+
+
 @dataclass
 class Table:
     header: list[str]
-    rows: list[list[str]]  # a cell that starts with "!" is flagged: drawn in bold
+    rows: list[list[str | Flagged]]
 
 
 @dataclass
@@ -82,9 +89,9 @@ def to_html(blocks: list) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _html_cell(cell: str) -> str:
-    if cell.startswith("!"):
-        return f'<td class="flag">{html.escape(cell[1:])}</td>'
+def _html_cell(cell: str | Flagged) -> str:
+    if isinstance(cell, Flagged):
+        return f'<td class="flag">{html.escape(cell.text)}</td>'
     return f"<td>{html.escape(cell)}</td>"
 
 
@@ -98,7 +105,7 @@ def to_markdown(blocks: list, base: Path) -> str:
         elif isinstance(block, Bullets):
             parts.append("\n".join(f"- {item}" for item in block.items))
         elif isinstance(block, Table):
-            cells = [[f"**{c[1:]}**" if c.startswith("!") else c for c in row] for row in block.rows]
+            cells = [[f"**{c.text}**" if isinstance(c, Flagged) else c for c in row] for row in block.rows]
             lines = ["| " + " | ".join(block.header) + " |", "|" + "---|" * len(block.header)]
             parts.append(
                 "\n".join(lines + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells])

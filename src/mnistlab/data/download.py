@@ -14,9 +14,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from mnistlab.data.idx import read_bytes
 from mnistlab.errors import DataError
 from mnistlab.files import atomic_path
-from mnistlab.idx import read_bytes
 
 TIMEOUT_S = 30
 _CHUNK = 1 << 16

@@ -1,10 +1,11 @@
 """The lab report's figures, for any run: PNG files drawn headless with matplotlib.
 
-Curves take one history per seed: one seed draws a line, several draw their mean with a band
-of one standard deviation around it. Figures are built on `matplotlib.figure.Figure` rather than
+Curves take one history (a list of `Epoch`) per seed: one seed draws a line, several draw their mean
+with a band of one standard deviation around it. Figures are built on `matplotlib.figure.Figure` rather than
 pyplot, so nothing global is touched and nothing needs closing.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -15,7 +16,10 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FormatStrFormatter, FuncFormatter, MaxNLocator  # noqa: E402
 
+from mnistlab.evaluation.analysis import ClassScores, Misclassified  # noqa: E402
+from mnistlab.evaluation.statistics import Summary  # noqa: E402
 from mnistlab.files import atomic_path  # noqa: E402
+from mnistlab.train.fit import Epoch  # noqa: E402
 
 TRAIN_COLOUR, EVAL_COLOUR = "#1f77b4", "#d62728"
 METRICS = (("loss", "loss"), ("accuracy", "accuracy"))
@@ -47,20 +51,20 @@ def _save(fig: Figure, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=100)
 
 
-def _stack(histories: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Epochs, mean and standard deviation over seeds of one column; seeds may have run different lengths."""
-    longest = max(len(h[key]) for h in histories)
+def _seed_band(histories: list[list[Epoch]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Epochs, mean and standard deviation over seeds of one number; seeds may have run different lengths."""
+    longest = max(len(h) for h in histories)
     table = np.full((len(histories), longest), np.nan)
     for row, history in enumerate(histories):
-        table[row, : len(history[key])] = history[key]
+        table[row, : len(history)] = [getattr(e, key) for e in history]
     counts = np.sum(~np.isnan(table), axis=0)
     mean = np.nanmean(table, axis=0)
     std = np.where(counts > 1, np.nanstd(table, axis=0, ddof=1 if len(histories) > 1 else 0), np.nan)
     return np.arange(1, longest + 1), mean, std
 
 
-def _curve(ax, histories: list[dict], key: str, label: str, colour: str, style: str = "-") -> None:
-    epochs, mean, std = _stack(histories, key)
+def _curve(ax, histories: list[list[Epoch]], key: str, label: str, colour: str, style: str = "-") -> None:
+    epochs, mean, std = _seed_band(histories, key)
     ax.plot(
         epochs, mean, style, color=colour, label=label if len(histories) == 1 else f"{label} (mean of {len(histories)})"
     )
@@ -68,11 +72,11 @@ def _curve(ax, histories: list[dict], key: str, label: str, colour: str, style: 
         ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
 
 
-def validation_curves(histories: list[dict], path: Path, title: str, marks: dict[str, float] | None = None) -> None:
-    """Loss and accuracy per epoch, training vs validation (report figures 1, 6, 10, 11, 12).
-
-    histories: one per seed, each with lists "loss", "accuracy" (running, training) and "eval_loss",
-    "eval_accuracy" (clean, validation). marks: label -> epoch, drawn as vertical lines.
+def validation_curves(
+    histories: list[list[Epoch]], path: Path, title: str, marks: dict[str, float] | None = None
+) -> None:
+    """Loss and accuracy per epoch, training (running) vs validation (clean), report figures 1, 6, 10, 11
+    and 12; one history per seed. marks: label -> epoch, drawn as vertical lines.
     """
     fig = Figure(figsize=(11, 4), layout="constrained")
     for ax, (key, name) in zip(_epoch_axes(fig, title), METRICS, strict=True):
@@ -84,7 +88,7 @@ def validation_curves(histories: list[dict], path: Path, title: str, marks: dict
     _save(fig, path)
 
 
-def retraining_curve(histories: list[dict], path: Path, title: str) -> None:
+def retraining_curve(histories: list[list[Epoch]], path: Path, title: str) -> None:
     """Training loss and accuracy per epoch when retraining on all 60k (report figures 2 and 7)."""
     fig = Figure(figsize=(11, 4), layout="constrained")
     for ax, (key, name) in zip(_epoch_axes(fig, title), METRICS, strict=True):
@@ -94,17 +98,16 @@ def retraining_curve(histories: list[dict], path: Path, title: str) -> None:
 
 
 def misclassified_grid(
-    images: np.ndarray, misclassified: list[dict], classes: list[str], path: Path, title: str
+    images: np.ndarray, misclassified: list[Misclassified], classes: list[str], path: Path, title: str
 ) -> None:
     """The first 9 misclassified test images with true label, prediction and confidence (figure 3)."""
     fig = Figure(figsize=(6.5, 7.2), layout="constrained")
     axes = fig.subplots(3, 3)
     side = int(round(np.sqrt(images.shape[1])))
     for ax, item in zip(axes.flat, misclassified[:9], strict=False):
-        ax.imshow(images[item["index"]].reshape(side, -1), cmap="gray_r", vmin=0, vmax=1)
+        ax.imshow(images[item.index].reshape(side, -1), cmap="gray_r", vmin=0, vmax=1)
         ax.set_title(
-            f"#{item['index']}: true {classes[item['true']]}\npredicted {classes[item['predicted']]} "
-            f"({item['confidence']:.0%})",
+            f"#{item.index}: true {classes[item.true]}\npredicted {classes[item.predicted]} ({item.confidence:.0%})",
             fontsize=9,
         )
     for ax in axes.flat:
@@ -114,7 +117,7 @@ def misclassified_grid(
     _save(fig, path)
 
 
-def per_class_bars(per_class: list[dict], path: Path, title: str) -> None:
+def per_class_bars(per_class: list[ClassScores], path: Path, title: str) -> None:
     """Precision, recall and F1 per class as grouped bars (figures 4 and 8)."""
     fig = Figure(figsize=(11, 4), layout="constrained")
     ax = fig.subplots()
@@ -122,12 +125,10 @@ def per_class_bars(per_class: list[dict], path: Path, title: str) -> None:
     for offset, (key, colour) in zip(
         (-0.27, 0, 0.27), (("precision", "#1f77b4"), ("recall", "#ff7f0e"), ("f1", "#2ca02c")), strict=True
     ):
-        ax.bar(x + offset, [row[key] for row in per_class], width=0.27, label=key, color=colour)
-    lowest = min(min(row["precision"], row["recall"], row["f1"]) for row in per_class)
+        ax.bar(x + offset, [getattr(row, key) for row in per_class], width=0.27, label=key, color=colour)
+    lowest = min(min(row.precision, row.recall, row.f1) for row in per_class)
     ax.set_ylim(max(0.0, lowest - 0.05), 1.0)
-    ax.set_xticks(
-        x, [row["class"] for row in per_class], rotation=30 if max(len(r["class"]) for r in per_class) > 2 else 0
-    )
+    ax.set_xticks(x, [row.name for row in per_class], rotation=30 if max(len(r.name) for r in per_class) > 2 else 0)
     ax.set_ylabel("score")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(ncols=3, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1))
@@ -162,17 +163,24 @@ def confusion_heatmap(confusion: list[list[float]], classes: list[str], path: Pa
     _save(fig, path)
 
 
-def accuracy_comparison(rows: list[dict], path: Path, title: str) -> None:
-    """Test error per run group with its 95% interval, beside the report's published value.
+@dataclass(frozen=True)
+class AccuracyRow:
+    name: str
+    accuracy: Summary  # over seeds
+    published: float | None  # the lab report's
+
+
+def accuracy_comparison(rows: list[AccuracyRow], path: Path, title: str) -> None:
+    """Test error per experiment with its 95% interval, beside the report's published value.
 
     Error on a log scale: 1.7% and 2.0% are far apart in what they mean, 47% is off the chart otherwise.
     """
     fig = Figure(figsize=(11, 0.8 + 0.45 * len(rows)), layout="constrained")
     ax = fig.subplots()
     y = np.arange(len(rows))[::-1]
-    errors = np.array([(1 - r["mean"]) * 100 for r in rows])
-    low = np.array([(1 - (r["high"] if r["high"] is not None else r["mean"])) * 100 for r in rows])
-    high = np.array([(1 - (r["low"] if r["low"] is not None else r["mean"])) * 100 for r in rows])
+    errors = np.array([(1 - r.accuracy.mean) * 100 for r in rows])
+    low = np.array([(1 - (r.accuracy.high if r.accuracy.high is not None else r.accuracy.mean)) * 100 for r in rows])
+    high = np.array([(1 - (r.accuracy.low if r.accuracy.low is not None else r.accuracy.mean)) * 100 for r in rows])
     ax.errorbar(
         errors,
         y,
@@ -182,7 +190,7 @@ def accuracy_comparison(rows: list[dict], path: Path, title: str) -> None:
         capsize=3,
         label="mnistlab (95% interval over seeds)",
     )
-    published = [((1 - r["published"]) * 100, yy) for r, yy in zip(rows, y, strict=True) if r.get("published")]
+    published = [((1 - r.published) * 100, yy) for r, yy in zip(rows, y, strict=True) if r.published]
     if published:
         ax.errorbar(
             [p for p, _ in published],
@@ -203,7 +211,7 @@ def accuracy_comparison(rows: list[dict], path: Path, title: str) -> None:
     ]
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    ax.set_yticks(y, [r["name"] for r in rows])
+    ax.set_yticks(y, [r.name for r in rows])
     ax.set_xlabel("test error (%, log scale): lower is better")
     ax.grid(axis="x", which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncols=2)

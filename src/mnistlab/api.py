@@ -1,0 +1,122 @@
+"""The library behind the `mnistlab` command, for notebooks and scripts: the CLI parses its arguments and
+calls these functions, nothing more.
+
+    import mnistlab
+    runs = mnistlab.run("final", epochs=5, seeds=3, out="runs/final")  # one Run per seed
+    runs[0].metrics.scores["test"].accuracy
+    mnistlab.report(["runs/final"], out="report.html")
+    again = mnistlab.load_run("runs/final/seed-0")
+"""
+
+from collections.abc import Callable
+from pathlib import Path
+
+from mnistlab.reporting import build
+from mnistlab.spec import Experiment, config
+from mnistlab.study.execute import execute
+from mnistlab.study.folder import Run, RunFolder
+from mnistlab.study.plan import PlannedRun, seed_runs
+from mnistlab.train.engine import Engine
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def presets() -> dict[str, str]:
+    """The shipped experiments: name -> description."""
+    return {name: config.load(name).description for name in config.preset_names()}
+
+
+def experiment(
+    preset: str,
+    overrides: list[str] = (),
+    *,
+    dataset: str | None = None,
+    epochs: int | None = None,
+    seed: int | None = None,
+) -> Experiment:
+    """A preset or TOML file, resolved, with `key=value` overrides and the shorthands applied last."""
+    shorthands = [f'dataset="{dataset}"'] if dataset else []
+    shorthands += [f"train.epochs={epochs}"] if epochs is not None else []
+    shorthands += [f"seed={seed}"] if seed is not None else []
+    return config.load(preset, [*overrides, *shorthands])
+
+
+def run(
+    preset: str,
+    *,
+    overrides: list[str] = (),
+    seed: int | None = None,
+    seeds: int = 1,
+    epochs: int | None = None,
+    dataset: str | None = None,
+    data_dir: Path | None = None,
+    out: Path | str | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    compile: bool = True,
+    progress: bool = False,
+    log: Log = _quiet,
+) -> list[Run]:
+    """Train one experiment with the lab's two-phase protocol, `seeds` seeds in lockstep; write its run
+    folder (default runs/NAME; seed-K folders below it for several seeds) and return the runs, by seed."""
+    spec = experiment(preset, overrides, dataset=dataset, epochs=epochs, seed=seed)
+    planned = seed_runs(spec, RunFolder(out or Path("runs") / spec.name), seeds)
+    _train(planned, Engine.create(device, precision, compile), data_dir, dataset, log, progress)
+    return [Run.load(p.folder) for p in planned]
+
+
+def study(
+    presets: list[str] | None = None,
+    *,
+    overrides: list[str] = (),
+    seed: int | None = None,
+    seeds: int = 1,
+    epochs: int | None = None,
+    dataset: str | None = None,
+    data_dir: Path | None = None,
+    out: Path | str = "study",
+    device: str = "auto",
+    precision: str = "auto",
+    compile: bool = True,
+    progress: bool = False,
+    log: Log = _quiet,
+) -> list[Run]:
+    """Every experiment of the lab report (or those named), skipping runs already finished in `out`, then
+    the report (`out`/report.html). Returns every run of the study."""
+    out = Path(out)
+    names = presets or config.preset_names()
+    specs = [experiment(name, overrides, dataset=dataset, epochs=epochs, seed=seed) for name in names]
+    planned = [p for spec in specs for p in seed_runs(spec, RunFolder(out / spec.name), seeds)]
+    todo = [p for p in planned if not p.folder.is_finished]
+    if len(todo) < len(planned):
+        log(f"{len(planned) - len(todo)} of {len(planned)} runs already finished in {out}")
+    if todo:
+        _train(todo, Engine.create(device, precision, compile), data_dir, dataset, log, progress)
+    html, md = build.build([out], out / "report.html")
+    log(f"report: {html} (and {md.name})")
+    return [Run.load(p.folder) for p in planned]
+
+
+def _train(planned: list[PlannedRun], engine: Engine, data_dir, dataset, log: Log, progress: bool) -> None:
+    # Files in a --data-dir say which data set they are, unless a data set was named.
+    identify = bool(data_dir and not dataset)
+    execute(planned, engine, Path(data_dir) if data_dir else None, identify=identify, log=log, progress=progress)
+
+
+def load_run(folder: Path | str) -> Run:
+    """A finished run, read back from its folder: metrics, history, and on demand its analysis and weights."""
+    return Run.load(folder)
+
+
+def load_runs(folder: Path | str) -> list[Run]:
+    """Every finished run in a run folder, a multi-seed folder or a study folder."""
+    return [run for experiment in build.discover([Path(folder)]) for run in experiment.runs]
+
+
+def report(folders: list[Path | str], out: Path | str = "report.html") -> tuple[Path, Path]:
+    """The self-contained HTML report over run folders, and its Markdown twin beside it."""
+    return build.build([Path(f) for f in folders], Path(out))

@@ -1,0 +1,1 @@
+"""The study report: findings, figures and a document rendered as self-contained HTML and Markdown."""

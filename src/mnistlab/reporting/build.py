@@ -1,0 +1,367 @@
+"""The study report: one self-contained HTML file, and a Markdown twin, over any set of run folders.
+
+It sets every number beside the lab report's published one (`reference.toml`), says where the
+report's text contradicts its numbers, reads bias and variance off each run, tells real differences
+from seed noise when runs have several seeds, and shows each run's figures and error analysis.
+
+The report is built from the run folders alone, so it can be rebuilt at any time, for any mix of
+single-seed and multi-seed runs, without training anything.
+"""
+
+import time
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from mnistlab import __version__
+from mnistlab.data import SPLITS, size_label
+from mnistlab.errors import MnistlabError
+from mnistlab.evaluation import figures
+from mnistlab.evaluation.statistics import Summary, summarise
+from mnistlab.files import write_atomic
+from mnistlab.reporting.document import (
+    Bullets,
+    Flagged,
+    Heading,
+    Image,
+    Paragraph,
+    Preformatted,
+    Table,
+    to_html,
+    to_markdown,
+)
+from mnistlab.reporting.findings import SIGNIFICANCE, compare, significance, verdict
+from mnistlab.study.folder import Run, RunFolder
+from mnistlab.train.protocol import Score
+
+# The lab report's order of sections, for the order of runs in ours.
+REPORT_ORDER = (
+    "provided",
+    "powerful",
+    "l2",
+    "l2-strong",
+    "l1",
+    "dropout",
+    "early-stopping",
+    "final",
+    "final-as-written",
+)
+
+
+@dataclass
+class ExperimentRuns:
+    """The runs of one experiment: one folder, or the seed-K folders below a common one."""
+
+    folder: RunFolder
+    runs: list[Run]
+    label: str = field(default="")  # the preset, and the folder where two experiments share a name
+
+    @property
+    def name(self) -> str:
+        return self.runs[0].name
+
+    @property
+    def seeds(self) -> int:
+        return len(self.runs)
+
+    @property
+    def split_sizes(self) -> dict[str, int]:
+        return self.runs[0].metrics.split_sizes
+
+    def values(self, split: str, key: str) -> list[float]:
+        return [getattr(r.metrics.scores[split], key) for r in self.runs]
+
+    def stat(self, split: str, key: str) -> Summary:
+        return summarise(self.values(split, key))
+
+    def stats(self) -> dict[tuple[str, str], Summary]:
+        return {(split, key): self.stat(split, key) for split in SPLITS for key in ("accuracy", "loss")}
+
+    def mean_score(self, split: str) -> Score:
+        return Score(loss=self.stat(split, "loss").mean, accuracy=self.stat(split, "accuracy").mean)
+
+
+def discover(paths: list[Path]) -> list[ExperimentRuns]:
+    """Experiments in run folders, multi-seed folders, or folders of those (a study), in the report's order."""
+    found: list[ExperimentRuns] = []
+    for folder in map(RunFolder, paths):
+        if seeds := folder.seeds():  # a multi-seed run, even over an older single run's files
+            found.append(ExperimentRuns(folder, [Run.load(f) for f in seeds]))
+        elif folder.is_finished:
+            found.append(ExperimentRuns(folder, [Run.load(folder)]))
+        elif folder.path.is_dir() and (
+            children := [c for c in sorted(folder.path.iterdir()) if c.is_dir() and not c.name.startswith(".")]
+        ):
+            inside = [RunFolder(c) for c in children]
+            runs = discover(children) if any(c.is_finished or c.seeds() for c in inside) else []
+            if not runs:
+                raise MnistlabError(f"{folder.path}: no finished runs in it")
+            found += runs
+        else:
+            raise MnistlabError(f"{folder.path}: not a run folder (no {RunFolder.METRICS}), nor a folder of runs")
+    order = {name: i for i, name in enumerate(REPORT_ORDER)}
+    found.sort(key=lambda e: (order.get(e.name, len(order)), e.name, str(e.folder.path)))
+    names = [e.name for e in found]
+    for e in found:
+        where = e.folder.path.name if e.folder.path.name != e.name else e.folder.path.parent.name
+        e.label = e.name if names.count(e.name) == 1 else f"{e.name} ({where})"
+    return found
+
+
+def load_reference() -> dict:
+    return tomllib.loads((resources.files("mnistlab.reporting") / "reference.toml").read_text())
+
+
+def split_labels(experiments: list[ExperimentRuns]) -> dict[str, str]:
+    """Column names of the splits, with their sizes where every experiment shares them."""
+    sizes = {tuple(sorted(e.split_sizes.items())) for e in experiments}
+    if len(sizes) > 1:
+        return {split: split for split in SPLITS}
+    s = {split: size_label(n) for split, n in experiments[0].split_sizes.items()}
+    return {
+        "train": f"train ({s['train']})",
+        "validation": f"validation ({s['validation']})",
+        "full": s["full"],
+        "test": f"test ({s['test']})",
+    }
+
+
+def _percent(value: float) -> str:
+    return f"{value * 100:.2f}%"
+
+
+def _cell(stat: Summary, key: str) -> str:
+    show = _percent if key == "accuracy" else (lambda v: f"{v:.4f}")
+    if stat.low is None:
+        return show(stat.mean)
+    half = (stat.high - stat.low) / 2
+    return f"{show(stat.mean)} ± {show(half) if key == 'loss' else f'{half * 100:.2f}'}"
+
+
+def _splits_sentence(experiments: list[ExperimentRuns]) -> str:
+    def one(sizes: dict[str, int]) -> str:
+        s = {split: size_label(n) for split, n in sizes.items()}
+        return (
+            f"train is the first {s['train']} training images after phase 1, validation the last {s['validation']}, "
+            f"{s['full']} ('full') the whole training file after retraining (phase 2), test the {s['test']} test images"
+        )
+
+    distinct = {tuple(e.split_sizes.items()): e for e in experiments}
+    if len(distinct) == 1:
+        return one(experiments[0].split_sizes).capitalize() + "."
+    return " ".join(f"{e.label}: {one(e.split_sizes)}." for e in experiments)
+
+
+def _results(experiments: list[ExperimentRuns]) -> list:
+    labels = split_labels(experiments)
+    header = [
+        "experiment",
+        "seeds",
+        "parameters",
+        "epochs",
+        *(f"{labels[s]} {k}" for s in SPLITS for k in ("acc", "loss")),
+        "wall time",
+    ]
+    rows = []
+    for e in experiments:
+        epochs = "/".join(f"{summarise([r.metrics.epochs[p] for r in e.runs]).mean:g}" for p in ("phase1", "phase2"))
+        numbers = [_cell(e.stat(s, k), k) for s in SPLITS for k in ("accuracy", "loss")]
+        wall = sum(r.metrics.wall_seconds / r.metrics.stack_size for r in e.runs)
+        parameters = f"{e.runs[0].metrics.parameters:,}"
+        rows.append([e.label, str(e.seeds), parameters, epochs, *numbers, f"{wall:.0f} s"])
+    return [
+        Heading(2, "Results"),
+        Paragraph(
+            "Clean evaluations, as Keras' evaluate reports them: dropout off, L1/L2 penalty included in the loss. "
+            + _splits_sentence(experiments)
+            + " With several seeds: mean ± the half-width of the 95% interval (t-distribution). Epochs: phase 1 / "
+            "phase 2. Wall time: this run's share of the lockstep stack it trained in."
+        ),
+        Table(header, rows),
+    ]
+
+
+def _beside_the_report(experiments: list[ExperimentRuns], reference: dict, chart: Path) -> list:
+    blocks = [
+        Heading(2, "Beside the lab report"),
+        Paragraph(
+            "The lab report prints accuracies in whole percent and losses to four decimals. A difference is "
+            "'within rounding' when our number, printed the same way, reads as the published one. With several "
+            "seeds we also say whether the published value lies inside our 95% interval: outside it, seed noise "
+            "alone does not explain the gap."
+        ),
+        Image(chart, "test error per experiment beside the lab report"),
+    ]
+    for e in experiments:
+        entry = reference.get(e.name)
+        if entry is None or "train" not in entry:
+            continue
+        labels = split_labels([e])
+        figures_text = (
+            f", figure{'s' if len(entry['figures']) > 1 else ''} {', '.join(map(str, entry['figures']))}"
+            if entry["figures"]
+            else ""
+        )
+        blocks.append(Heading(3, f"{e.label}: section {entry['section']}{figures_text}"))
+        rows = []
+        for row in compare(e.stats(), entry):
+            show = _percent if row.key == "accuracy" else (lambda v: f"{v:.4f}")
+            if row.key == "accuracy":
+                diff = f"{row.difference * 100:+.2f} pts"
+            else:
+                diff = f"{row.difference:+.4f} ({row.difference / row.published:+.0%})"
+            note = "within rounding" if row.within_rounding else "beyond rounding"
+            if row.inside_interval is not None:
+                note += "; inside our 95% interval" if row.inside_interval else "; outside our 95% interval"
+            verdict_cell = note if row.within_rounding else Flagged(note)
+            rows.append([labels[row.split], row.key, show(row.published), show(row.ours.mean), diff, verdict_cell])
+        ours_epochs = e.runs[0].metrics.epochs["phase1"]
+        rows.append(["", "epochs", str(entry["epochs"]), f"{ours_epochs}", f"{ours_epochs - entry['epochs']:+d}", ""])
+        blocks.append(Table(["split", "metric", "lab report", "mnistlab", "difference", "verdict"], rows))
+    blocks.append(Heading(3, "Where the report's text contradicts its numbers"))
+    by_name = {e.name: e for e in experiments}
+    items = []
+    for item in reference.get("contradiction", []):
+        measured = [
+            f"{n} {_percent(by_name[n].stat('test', 'accuracy').mean)} test accuracy, train loss "
+            f"{by_name[n].stat('train', 'loss').mean:.4f}"
+            for n in item["presets"]
+            if n in by_name
+        ]
+        items.append(
+            f"{item['claim']} {item['finding']}" + (f" Measured here: {'; '.join(measured)}." if measured else "")
+        )
+    blocks.append(Bullets(items))
+    return blocks
+
+
+def _significance_blocks(experiments: list[ExperimentRuns]) -> list:
+    blocks = [Heading(2, "Which differences are real")]
+    multi = [e for e in experiments if e.seeds >= 2]
+    if len(multi) < 2:
+        blocks.append(
+            Paragraph(
+                "Single runs cannot tell a 0.2-point difference from seed noise. Run the study with "
+                "--seeds N (N >= 2) and this section compares every pair of experiments with Welch's t-test."
+            )
+        )
+        return blocks
+    blocks.append(
+        Paragraph(
+            f"Difference in mean test accuracy, row minus column, in points, with the two-sided p-value "
+            f"of Welch's t-test over seeds. Bold: real at p < {SIGNIFICANCE} (the seeds of the two "
+            f"experiments are unlikely to share a mean); the rest is within seed noise."
+        )
+    )
+    rows = []
+    for e, row in zip(multi, significance([e.values("test", "accuracy") for e in multi]), strict=True):
+        cells = []
+        for entry in row:
+            if entry is None:
+                cells.append("")
+            else:
+                text = f"{entry.difference * 100:+.2f} (p={entry.p:.2g})"
+                cells.append(Flagged(text) if entry.real else text)
+        rows.append([e.label, *cells])
+    blocks.append(Table(["", *(e.label for e in multi)], rows))
+    return blocks
+
+
+def _run_blocks(experiment: ExperimentRuns) -> list:
+    first = experiment.runs[0]
+    folder = first.folder
+    analysis = first.analysis()
+    classes = analysis.classes
+    name = experiment.label
+    seeds_note = (
+        f" {experiment.seeds} seeds; curves are the mean with one standard deviation; the error analysis is "
+        f"seed {first.seed}'s."
+        if experiment.seeds > 1
+        else ""
+    )
+    sizes = {split: size_label(n) for split, n in experiment.split_sizes.items()}
+    return [
+        Heading(3, name),
+        Paragraph(
+            f"{folder.read_config().get('description', '')}.{seeds_note} Test accuracy "
+            f"{_cell(experiment.stat('test', 'accuracy'), 'accuracy')}, {first.metrics.parameters:,} parameters. "
+            f"Folder: {experiment.folder.path}."
+        ),
+        Image(experiment.folder.file(RunFolder.VALIDATION_CURVES), f"{name}: validation curves"),
+        Image(experiment.folder.file(RunFolder.RETRAINING_CURVE), f"{name}: retraining on {sizes['full']}"),
+        Image(folder.file(RunFolder.MISCLASSIFIED), f"{name}: first 9 misclassified test images"),
+        Paragraph("The class pairs most often confused on the test set:"),
+        Table(
+            ["true", "predicted", "count"],
+            [[classes[p.true], classes[p.predicted], str(p.count)] for p in analysis.confused_pairs[:6]],
+        ),
+        Image(folder.file(RunFolder.PER_CLASS), f"{name}: per-class precision, recall, F1"),
+        Paragraph("Per-class scores on the test set (scikit-learn):"),
+        Table(
+            ["class", "precision", "recall", "F1", "support"],
+            [
+                [r.name, f"{r.precision:.4f}", f"{r.recall:.4f}", f"{r.f1:.4f}", str(r.support)]
+                for r in analysis.per_class
+            ],
+        ),
+        Image(folder.file(RunFolder.CONFUSION), f"{name}: normalised confusion matrix"),
+        Preformatted(folder.read_summary()),
+    ]
+
+
+def build(paths: list[Path], out: Path) -> tuple[Path, Path]:
+    """Write the HTML report to `out` and its Markdown twin beside it; returns both paths."""
+    experiments = discover(paths)
+    on_mnist = all(e.runs[0].metrics.dataset == "mnist" for e in experiments)
+    reference = load_reference() if on_mnist else {}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    chart = out.with_name(out.stem + ".accuracy.png")
+    figures.accuracy_comparison(
+        [
+            figures.AccuracyRow(
+                e.label, e.stat("test", "accuracy"), reference.get(e.name, {}).get("test", {}).get("accuracy")
+            )
+            for e in experiments
+        ],
+        chart,
+        "Test error, mnistlab beside the lab report" if reference else "Test error per experiment",
+    )
+    environment = experiments[0].runs[0].folder.read_environment()
+    datasets = sorted({e.runs[0].metrics.dataset for e in experiments})
+    best_train_error = min(1 - e.stat("train", "accuracy").mean for e in experiments)
+    blocks = [
+        Heading(1, "mnistlab report"),
+        Paragraph(
+            f"{sum(e.seeds for e in experiments)} runs of {len(experiments)} experiments on {', '.join(datasets)}, "
+            f"built {time.strftime('%Y-%m-%d %H:%M')} by mnistlab {__version__}. Trained with torch "
+            f"{environment['torch']} on {environment['device_name']} ({environment['device']}, "
+            f"{environment['threads']} threads)."
+        ),
+        *_results(experiments),
+    ]
+    if reference:
+        blocks += _beside_the_report(experiments, reference, chart)
+    else:
+        blocks += [
+            Heading(2, "Test error per experiment"),
+            Image(chart, "test accuracy per experiment"),
+            Paragraph("The lab report's numbers are for MNIST; these runs are on another data set."),
+        ]
+    readings = [
+        f"{e.label}: "
+        + verdict(
+            e.mean_score("train"), e.mean_score("validation"), [r.history.phase1 for r in e.runs], best_train_error
+        )
+        for e in experiments
+    ]
+    blocks += [Heading(2, "Bias and variance"), Bullets(readings)]
+    blocks += _significance_blocks(experiments)
+    blocks.append(Heading(2, "Runs"))
+    for e in experiments:
+        blocks += _run_blocks(e)
+    md = out.with_suffix(".md")
+    write_atomic(out, to_html(blocks))
+    write_atomic(md, to_markdown(blocks, md.parent))
+    return out, md

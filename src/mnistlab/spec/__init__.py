@@ -1,0 +1,13 @@
+"""The plain description of an experiment: what to train, never how. Nothing here imports torch, so a
+spec can be read, checked and planned anywhere (the CLI, a sweep planner, a cluster's driver)."""
+
+from mnistlab.spec.experiment import (
+    ACTIVATIONS,
+    MONITORS,
+    Architecture,
+    EarlyStopping,
+    Experiment,
+    Hyperparameters,
+)
+
+__all__ = ["ACTIVATIONS", "MONITORS", "Architecture", "EarlyStopping", "Experiment", "Hyperparameters"]

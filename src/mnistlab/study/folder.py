@@ -1,0 +1,285 @@
+"""Run folders: the one place that names a run folder's files, for writing them and reading them back.
+
+    config.toml        the resolved config; `mnistlab run config.toml` runs it again
+    metrics.json       clean loss and accuracy of every split, split sizes, epochs (see `records`)
+    history.csv        per epoch of both phases: running training loss/accuracy, clean eval loss/accuracy
+    model.safetensors  the phase-2 model, with model.json describing it
+    summary.txt        the model as Keras' model.summary() shows it
+    environment.json   versions, device, threads, seed, wall time
+    analysis.json      the phase-2 model's errors on the test set: misclassified images, confused pairs,
+                       per-class precision/recall/F1, normalised confusion matrix
+    *.png              validation curves, retraining curve, misclassified, per class, confusion
+
+Runs of several seeds of one experiment live in seed-K folders below a common folder, which also gets
+aggregate.json (every metric's mean, standard deviation and 95% interval over the seeds) and the
+curves drawn as a mean with a band.
+
+A run folder is built beside its target and renamed into place when complete, so a folder with a
+metrics.json is a finished run and an interrupted one leaves nothing behind.
+"""
+
+import json
+import os
+import shutil
+import tomllib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from mnistlab.data import SPLITS, Dataset, size_label
+from mnistlab.errors import MnistlabError
+from mnistlab.evaluation import figures
+from mnistlab.evaluation.analysis import Analysis, analyse, predict
+from mnistlab.evaluation.statistics import summarise
+from mnistlab.files import temporary_sibling, write_atomic
+from mnistlab.nn import weights
+from mnistlab.nn.summary import summary
+from mnistlab.spec import Architecture, Experiment
+from mnistlab.spec.config import to_toml
+from mnistlab.study.records import History, Metrics
+from mnistlab.train.fit import Fit
+from mnistlab.train.protocol import RunResult
+
+
+class RunFolder:
+    """A run folder, a multi-seed folder above seed-K run folders, or a folder of either (a study)."""
+
+    CONFIG = "config.toml"
+    METRICS = "metrics.json"
+    HISTORY = "history.csv"
+    WEIGHTS = "model.safetensors"
+    MODEL = "model.json"
+    SUMMARY = "summary.txt"
+    ENVIRONMENT = "environment.json"
+    ANALYSIS = "analysis.json"
+    AGGREGATE = "aggregate.json"
+    VALIDATION_CURVES = "validation_curves.png"
+    RETRAINING_CURVE = "retraining_curve.png"
+    MISCLASSIFIED = "misclassified.png"
+    PER_CLASS = "per_class.png"
+    CONFUSION = "confusion.png"
+    SEED_PREFIX = "seed-"
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, RunFolder) and self.path == other.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def is_finished(self) -> bool:
+        return self.file(self.METRICS).is_file()
+
+    def seed(self, seed: int) -> "RunFolder":
+        """The folder of one seed's run below a multi-seed folder."""
+        return RunFolder(self.path / f"{self.SEED_PREFIX}{seed}")
+
+    @property
+    def is_seed_run(self) -> bool:
+        return self.path.name.startswith(self.SEED_PREFIX)
+
+    def seeds(self) -> list["RunFolder"]:
+        """The finished seed-K runs below a multi-seed folder, by seed."""
+        found = [RunFolder(p) for p in self.path.glob(f"{self.SEED_PREFIX}*") if RunFolder(p).is_finished]
+        return sorted(found, key=lambda f: int(f.path.name.removeprefix(self.SEED_PREFIX)))
+
+    def read_metrics(self) -> Metrics:
+        return Metrics.from_json(self._read_json(self.METRICS), str(self.file(self.METRICS)))
+
+    def read_history(self) -> History:
+        return History.from_csv(self._read_text(self.HISTORY), str(self.file(self.HISTORY)))
+
+    def read_analysis(self) -> Analysis:
+        return Analysis.from_dict(self._read_json(self.ANALYSIS))
+
+    def read_environment(self) -> dict:
+        return self._read_json(self.ENVIRONMENT)
+
+    def read_config(self) -> dict:
+        return tomllib.loads(self._read_text(self.CONFIG))
+
+    def read_summary(self) -> str:
+        return self._read_text(self.SUMMARY)
+
+    def read_weights(self) -> tuple[torch.Tensor, Architecture]:
+        return weights.load(self.file(self.WEIGHTS))
+
+    def _read_text(self, name: str) -> str:
+        try:
+            return self.file(name).read_text()
+        except OSError as exc:
+            raise MnistlabError(f"{self.file(name)}: cannot read ({exc.strerror or exc})") from None
+
+    def _read_json(self, name: str) -> dict:
+        return json.loads(self._read_text(name))
+
+
+@dataclass
+class Run:
+    """A finished run, read back from its folder."""
+
+    folder: RunFolder
+    metrics: Metrics
+    history: History
+
+    @classmethod
+    def load(cls, folder: RunFolder | Path | str) -> "Run":
+        folder = folder if isinstance(folder, RunFolder) else RunFolder(folder)
+        if not folder.is_finished:
+            raise MnistlabError(f"{folder.path}: not a finished run folder (no {RunFolder.METRICS})")
+        return cls(folder, folder.read_metrics(), folder.read_history())
+
+    @property
+    def name(self) -> str:
+        return self.metrics.preset
+
+    @property
+    def seed(self) -> int:
+        return self.metrics.seed
+
+    def analysis(self) -> Analysis:
+        return self.folder.read_analysis()
+
+
+def write_run(
+    folder: RunFolder,
+    experiment: Experiment,
+    result: RunResult,
+    arch: Architecture,
+    dataset: Dataset,
+    environment: dict,
+    stack_size: int,
+) -> Metrics:
+    """Every file of one run, built beside `folder` and renamed into place whole."""
+    folder.path.parent.mkdir(parents=True, exist_ok=True)
+    building = RunFolder(temporary_sibling(folder.path, "building"))
+    building.path.mkdir()
+    try:
+        building.file(RunFolder.CONFIG).write_text(to_toml(experiment))
+        building.file(RunFolder.HISTORY).write_text(History.of(result).to_csv())
+        building.file(RunFolder.SUMMARY).write_text(summary(arch, experiment.hyperparameters))
+        described = {
+            "preset": experiment.name,
+            "seed": experiment.seed,
+            "dataset": dataset.name,
+            "classes": list(dataset.classes),
+        }
+        weights.save(building.file(RunFolder.WEIGHTS), result.weights, arch, described)
+        model = {"architecture": asdict(arch), **described}
+        building.file(RunFolder.MODEL).write_text(json.dumps(model, indent=2) + "\n")
+        building.file(RunFolder.ENVIRONMENT).write_text(json.dumps(environment, indent=2) + "\n")
+        analysis = write_analysis(building, result, arch, dataset, f"{experiment.name} (seed {experiment.seed})")
+        metrics = Metrics.of(
+            result,
+            preset=experiment.name,
+            seed=experiment.seed,
+            dataset=dataset.name,
+            parameters=arch.num_params,
+            split_sizes=dataset.split_sizes(),
+            misclassified=len(analysis.misclassified),
+            stack_size=stack_size,
+        )
+        building.file(RunFolder.METRICS).write_text(json.dumps(metrics.to_json(), indent=2) + "\n")
+        _swap_into_place(building.path, folder.path)
+    finally:
+        shutil.rmtree(building.path, ignore_errors=True)
+    return metrics
+
+
+def write_analysis(folder: RunFolder, result: RunResult, arch: Architecture, dataset: Dataset, title: str) -> Analysis:
+    """The error analysis of the phase-2 model and the report's figures for one run."""
+    test_x, test_y = dataset.split("test")
+    sizes = dataset.split_sizes()
+    analysis = analyse(predict(result.weights.cpu(), arch, test_x), test_y, list(dataset.classes))
+    folder.file(RunFolder.ANALYSIS).write_text(json.dumps(analysis.to_dict(), indent=1) + "\n")
+    figures.validation_curves(
+        [result.phase1.history],
+        folder.file(RunFolder.VALIDATION_CURVES),
+        f"{title}: training on {size_label(sizes['train'])}",
+        curve_marks(result.phase1),
+    )
+    figures.retraining_curve(
+        [result.phase2.history],
+        folder.file(RunFolder.RETRAINING_CURVE),
+        f"{title}: retraining on {size_label(sizes['full'])}",
+    )
+    figures.misclassified_grid(
+        test_x.numpy(),
+        analysis.misclassified,
+        analysis.classes,
+        folder.file(RunFolder.MISCLASSIFIED),
+        f"{title}: the first 9 misclassified test images",
+    )
+    figures.per_class_bars(
+        analysis.per_class, folder.file(RunFolder.PER_CLASS), f"{title}: per-class scores on the test set"
+    )
+    figures.confusion_heatmap(
+        analysis.confusion,
+        analysis.classes,
+        folder.file(RunFolder.CONFUSION),
+        f"{title}: confusion matrix, normalised per true class",
+    )
+    return analysis
+
+
+def curve_marks(phase1: Fit) -> dict[str, float]:
+    """The epochs the validation curves mark: lowest validation loss, restored weights, early stop."""
+    losses = [e.eval_loss for e in phase1.history]
+    marks = {"lowest validation loss": 1 + losses.index(min(losses))}
+    if phase1.restored_best:
+        marks["restored best epoch"] = phase1.best_epoch
+    if phase1.stopped_early:
+        marks["early stop"] = phase1.epochs
+    return marks
+
+
+def _swap_into_place(building: Path, target: Path) -> None:
+    old = temporary_sibling(target, "old")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(building, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_aggregate(parent: RunFolder) -> dict:
+    """aggregate.json and banded curves for the seeds in `parent`: mean, std and 95% interval of every metric."""
+    runs = [Run.load(f) for f in parent.seeds()]
+    first = runs[0].metrics
+    aggregate = {
+        "preset": first.preset,
+        "dataset": first.dataset,
+        "parameters": first.parameters,
+        "seeds": [r.seed for r in runs],
+        **{
+            split: {
+                key: asdict(summarise([getattr(r.metrics.scores[split], key) for r in runs]))
+                for key in ("loss", "accuracy")
+            }
+            for split in SPLITS
+        },
+        "epochs": {phase: asdict(summarise([r.metrics.epochs[phase] for r in runs])) for phase in ("phase1", "phase2")},
+        "wall_seconds": asdict(summarise([r.metrics.wall_seconds for r in runs])),
+    }
+    name = f"{first.preset} ({len(runs)} seeds)"
+    figures.validation_curves(
+        [r.history.phase1 for r in runs],
+        parent.file(RunFolder.VALIDATION_CURVES),
+        f"{name}: training on {size_label(first.split_sizes['train'])}, mean and one standard deviation",
+    )
+    figures.retraining_curve(
+        [r.history.phase2 for r in runs],
+        parent.file(RunFolder.RETRAINING_CURVE),
+        f"{name}: retraining on {size_label(first.split_sizes['full'])}, mean and one standard deviation",
+    )
+    write_atomic(parent.file(RunFolder.AGGREGATE), json.dumps(aggregate, indent=2) + "\n")
+    return aggregate

@@ -1,0 +1,168 @@
+"""What a run folder records, as typed values: its metrics (metrics.json) and its history (history.csv).
+
+metrics.json is a stable contract for scripts: for each split, `loss` and `accuracy` (fractions); the
+epochs of each phase; `parameters`, `seed`, `wall_seconds`. `format` says which layout wrote it.
+"""
+
+import csv
+import io
+from dataclasses import dataclass
+
+from mnistlab.data import SPLITS
+from mnistlab.errors import MnistlabError
+from mnistlab.train.fit import Epoch
+from mnistlab.train.protocol import RunResult, Score
+
+FORMAT = 2  # of metrics.json; 1 had no split sizes
+
+
+@dataclass(frozen=True)
+class StoppingOutcome:
+    """How early stopping ended phase 1, when the experiment had it."""
+
+    stopped_early: bool
+    best_epoch: int | None
+    restored_best_weights: bool
+
+
+@dataclass(frozen=True)
+class Metrics:
+    preset: str
+    seed: int
+    dataset: str
+    parameters: int
+    scores: dict[str, Score]  # split -> clean score
+    split_sizes: dict[str, int]  # split -> images
+    epochs: dict[str, int]  # phase1, phase2 -> epochs trained
+    early_stopping: StoppingOutcome
+    misclassified: int  # test images the phase-2 model gets wrong
+    wall_seconds: float  # of the whole stack the run trained in
+    stack_size: int  # runs in that stack
+
+    @classmethod
+    def of(
+        cls,
+        result: RunResult,
+        *,
+        preset: str,
+        seed: int,
+        dataset: str,
+        parameters: int,
+        split_sizes: dict[str, int],
+        misclassified: int,
+        stack_size: int,
+    ) -> "Metrics":
+        return cls(
+            preset=preset,
+            seed=seed,
+            dataset=dataset,
+            parameters=parameters,
+            scores=dict(result.scores),
+            split_sizes=dict(split_sizes),
+            epochs={"phase1": result.phase1.epochs, "phase2": result.phase2.epochs},
+            early_stopping=StoppingOutcome(
+                result.phase1.stopped_early, result.phase1.best_epoch, result.phase1.restored_best
+            ),
+            misclassified=misclassified,
+            wall_seconds=result.seconds,
+            stack_size=stack_size,
+        )
+
+    def to_json(self) -> dict:
+        scores = {split: {"loss": s.loss, "accuracy": s.accuracy} for split, s in self.scores.items()}
+        scores["test"]["misclassified"] = self.misclassified
+        return {
+            "format": FORMAT,
+            "preset": self.preset,
+            "seed": self.seed,
+            "dataset": self.dataset,
+            "parameters": self.parameters,
+            **scores,
+            "split_sizes": self.split_sizes,
+            "epochs": self.epochs,
+            "early_stopping": {
+                "stopped_early": self.early_stopping.stopped_early,
+                "best_epoch": self.early_stopping.best_epoch,
+                "restored_best_weights": self.early_stopping.restored_best_weights,
+            },
+            "wall_seconds": self.wall_seconds,
+            "stack_size": self.stack_size,
+        }
+
+    @classmethod
+    def from_json(cls, table: dict, origin: str) -> "Metrics":
+        written = table.get("format", 1)
+        if written != FORMAT:
+            newer = isinstance(written, int) and written > FORMAT
+            raise MnistlabError(
+                f"{origin}: written by {'a newer' if newer else 'an older'} mnistlab (format {written}, this one reads "
+                f"{FORMAT}); {'upgrade mnistlab' if newer else 'run it again'}"
+            )
+        return cls(
+            preset=table["preset"],
+            seed=table["seed"],
+            dataset=table["dataset"],
+            parameters=table["parameters"],
+            scores={split: Score(table[split]["loss"], table[split]["accuracy"]) for split in SPLITS},
+            split_sizes={split: table["split_sizes"][split] for split in SPLITS},
+            epochs={phase: table["epochs"][phase] for phase in ("phase1", "phase2")},
+            early_stopping=StoppingOutcome(**table["early_stopping"]),
+            misclassified=table["test"]["misclassified"],
+            wall_seconds=table["wall_seconds"],
+            stack_size=table["stack_size"],
+        )
+
+
+@dataclass(frozen=True)
+class History:
+    """Per epoch of each phase: running training loss and accuracy, clean loss and accuracy of the
+    evaluated split (validation in phase 1, test in phase 2)."""
+
+    phase1: list[Epoch]
+    phase2: list[Epoch]
+
+    COLUMNS = ("phase", "epoch", "loss", "accuracy", "eval_split", "eval_loss", "eval_accuracy", "seconds")
+    EVALUATED = {1: "validation", 2: "test"}
+
+    @classmethod
+    def of(cls, result: RunResult) -> "History":
+        return cls(result.phase1.history, result.phase2.history)
+
+    def to_csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(self.COLUMNS)
+        for phase, epochs in ((1, self.phase1), (2, self.phase2)):
+            for e in epochs:
+                writer.writerow(
+                    (
+                        phase,
+                        e.epoch,
+                        f"{e.loss:.6g}",
+                        f"{e.accuracy:.6g}",
+                        self.EVALUATED[phase],
+                        f"{e.eval_loss:.6g}",
+                        f"{e.eval_accuracy:.6g}",
+                        f"{e.seconds:.4f}",
+                    )
+                )
+        return out.getvalue()
+
+    @classmethod
+    def from_csv(cls, text: str, origin: str) -> "History":
+        phases = {1: [], 2: []}
+        try:
+            for row in csv.DictReader(io.StringIO(text)):
+                phases[int(row["phase"])].append(
+                    Epoch(
+                        int(row["epoch"]),
+                        float(row["loss"]),
+                        float(row["accuracy"]),
+                        float(row["eval_loss"]),
+                        float(row["eval_accuracy"]),
+                        float(row["seconds"]),
+                    )
+                )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise MnistlabError(f"{origin}: not a history written by mnistlab ({type(exc).__name__}: {exc})") from None
+        return cls(phases[1], phases[2])

@@ -1,0 +1,104 @@
+"""The lab report's two-phase protocol, for a stack of members at once.
+
+Phase 1 trains on the `train` split and evaluates `validation` after every epoch (Keras'
+`validation_split`). Phase 2 trains fresh models on the `full` training set for as many epochs as
+phase 1 ran (its stopping epoch when early stopping ended it) and evaluates `test`. The numbers a run
+reports are clean evaluations, as Keras' `evaluate` gives them: dropout off, penalty included.
+"""
+
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+from mnistlab.data import SPLITS, Splits
+from mnistlab.nn.mlp import Regularization, evaluate
+from mnistlab.spec import Architecture, Hyperparameters
+from mnistlab.train.engine import Engine
+from mnistlab.train.fit import Fit, Streams, fit, seed_for
+from mnistlab.train.progress import ProgressBars
+
+
+@dataclass(frozen=True)
+class Score:
+    """A clean evaluation of one model on one split."""
+
+    loss: float
+    accuracy: float
+
+
+@dataclass
+class RunResult:
+    """One member's run of the protocol."""
+
+    phase1: Fit  # on the train split, evaluated on validation
+    phase2: Fit  # fresh, on the full training set, evaluated on test
+    scores: dict[str, Score]  # split -> clean score: train and validation after phase 1, full and test after 2
+    seconds: float  # wall time of the stack this member trained in
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """(P,) the phase-2 model: the one a run folder keeps."""
+        return self.phase2.params
+
+
+def streams(member: Hyperparameters, phase: int) -> Streams:
+    """A member's random streams in one phase: the same initial weights in both, fresh data order and masks."""
+    return Streams(
+        init=seed_for(member.seed, "init"),
+        shuffle=seed_for(member.seed, f"shuffle-{phase}"),
+        dropout=seed_for(member.seed, f"dropout-{phase}"),
+    )
+
+
+def train_protocol(
+    arch: Architecture,
+    members: list[Hyperparameters],
+    splits: Splits,
+    batch_size: int | None,
+    engine: Engine,
+    progress: ProgressBars | None = None,
+) -> list[RunResult]:
+    """Both phases for a stack of members (see the module's docstring)."""
+    progress = progress or ProgressBars.OFF
+    start = time.perf_counter()
+    reg = Regularization.of(arch, members, engine.device)
+
+    phase1 = fit(
+        arch,
+        members,
+        [streams(m, 1) for m in members],
+        splits.train,
+        splits.validation,
+        batch_size,
+        engine,
+        progress.within("phase 1"),
+    )
+    stack1 = torch.stack([f.params for f in phase1])
+    retrain = [replace(m, epochs=f.epochs, early_stopping=None) for m, f in zip(members, phase1, strict=True)]
+    phase2 = fit(
+        arch,
+        retrain,
+        [streams(m, 2) for m in retrain],
+        splits.full,
+        splits.test,
+        batch_size,
+        engine,
+        progress.within("phase 2"),
+    )
+    stack2 = torch.stack([f.params for f in phase2])
+
+    clean = {
+        split: evaluate(stack1 if split in ("train", "validation") else stack2, arch, reg, *getattr(splits, split))
+        for split in SPLITS
+    }
+    seconds = time.perf_counter() - start
+    return [
+        RunResult(
+            first,
+            second,
+            {split: Score(loss[member].item(), accuracy[member].item()) for split, (loss, accuracy) in clean.items()},
+            seconds,
+        )
+        for member, (first, second) in enumerate(zip(phase1, phase2, strict=True))
+    ]
