@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mnistlab.reporting import build
 from mnistlab.spec import Experiment, config
+from mnistlab.study import claim
 from mnistlab.study.execute import execute
 from mnistlab.study.folder import Run, RunFolder
 from mnistlab.study.plan import PlannedRun, seed_runs
@@ -55,6 +56,7 @@ def run(
     dataset: str | None = None,
     data_dir: Path | None = None,
     out: Path | str | None = None,
+    overwrite: bool = False,
     device: str = "auto",
     precision: str = "auto",
     compile: bool = True,
@@ -62,11 +64,29 @@ def run(
     log: Log = _quiet,
 ) -> list[Run]:
     """Train one experiment with the lab's two-phase protocol, `seeds` seeds in lockstep; write its run
-    folder (default runs/NAME; seed-K folders below it for several seeds) and return the runs, by seed."""
+    folder (default runs/NAME; seed-K folders below it for several seeds) and return the runs, by seed.
+
+    `out` may be a new path, an empty folder, or a run folder of mnistlab's of the same config, which is
+    trained again; one of another config only with `overwrite`. Anything else there is refused.
+    """
     spec = experiment(preset, overrides, dataset=dataset, epochs=epochs, seed=seed)
-    planned = seed_runs(spec, RunFolder(out or Path("runs") / spec.name), seeds)
-    _train(planned, Engine.create(device, precision, compile), data_dir, dataset, log, progress)
+    engine = Engine.create(device, precision, compile)
+    folder = RunFolder(out or Path("runs") / spec.name)
+    with claim.lock(folder.path):
+        planned = _claim_runs(spec, folder, seeds, overwrite)
+        _train(planned, engine, data_dir, dataset, log, progress)
     return [Run.load(p.folder) for p in planned]
+
+
+def _claim_runs(spec: Experiment, folder: RunFolder, seeds: int, overwrite: bool) -> list[PlannedRun]:
+    """The runs of one experiment in `folder`, once it is known to be a place mnistlab may write them."""
+    planned = seed_runs(spec, folder, seeds)
+    if seeds > 1:
+        # A multi-seed folder is one experiment: its marker holds the config of seed 0.
+        claim.prepare(folder.path, "seeds", config.to_toml(spec.with_seed(0)), overwrite)
+    for run in planned:
+        claim.check_target(run.folder.path, "run", config.to_toml(run.experiment), overwrite)
+    return planned
 
 
 def study(
@@ -79,6 +99,7 @@ def study(
     dataset: str | None = None,
     data_dir: Path | None = None,
     out: Path | str = "study",
+    overwrite: bool = False,
     device: str = "auto",
     precision: str = "auto",
     compile: bool = True,
@@ -86,19 +107,33 @@ def study(
     log: Log = _quiet,
 ) -> list[Run]:
     """Every experiment of the lab report (or those named), skipping runs already finished in `out`, then
-    the report (`out`/report.html). Returns every run of the study."""
+    the report (`out`/report.html). Returns every run of the study.
+
+    A finished run of another config (other epochs, say) is refused unless `overwrite`, which trains it
+    again; so is a folder that mnistlab did not write. One process writes a study folder at a time.
+    """
     out = Path(out)
     names = presets or config.preset_names()
     specs = [experiment(name, overrides, dataset=dataset, epochs=epochs, seed=seed) for name in names]
-    planned = [p for spec in specs for p in seed_runs(spec, RunFolder(out / spec.name), seeds)]
-    todo = [p for p in planned if not p.folder.is_finished]
-    if len(todo) < len(planned):
-        log(f"{len(planned) - len(todo)} of {len(planned)} runs already finished in {out}")
-    if todo:
-        _train(todo, Engine.create(device, precision, compile), data_dir, dataset, log, progress)
-    html, md = build.build([out], out / "report.html")
+    engine = Engine.create(device, precision, compile)
+    with claim.lock(out):
+        claim.prepare(out, "study", overwrite=overwrite)
+        planned = [p for spec in specs for p in _claim_runs(spec, RunFolder(out / spec.name), seeds, overwrite)]
+        todo = [p for p in planned if not _finished_as_planned(p)]
+        if len(todo) < len(planned):
+            log(f"{len(planned) - len(todo)} of {len(planned)} runs already finished in {out}")
+        if todo:
+            _train(todo, engine, data_dir, dataset, log, progress)
+        html, md = build.build([out], out / "report.html")
     log(f"report: {html} (and {md.name})")
     return [Run.load(p.folder) for p in planned]
+
+
+def _finished_as_planned(run: PlannedRun) -> bool:
+    """Whether the run's folder holds a finished run of its config (one of another config was refused or
+    is to be overwritten by then)."""
+    found = run.folder.read_marker()
+    return run.folder.is_finished and found is not None and found["config"] == config.to_toml(run.experiment)
 
 
 def _train(planned: list[PlannedRun], engine: Engine, data_dir, dataset, log: Log, progress: bool) -> None:
@@ -118,5 +153,7 @@ def load_runs(folder: Path | str) -> list[Run]:
 
 
 def report(folders: list[Path | str], out: Path | str = "report.html") -> tuple[Path, Path]:
-    """The self-contained HTML report over run folders, and its Markdown twin beside it."""
+    """The self-contained HTML report over run folders, and its Markdown twin beside it. A folder that
+    cannot be read is named in a warning and left out; the report is still written, and then a
+    MnistlabError says how many were left out."""
     return build.build([Path(f) for f in folders], Path(out))

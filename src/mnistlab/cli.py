@@ -1,6 +1,7 @@
 """The `mnistlab` command. Thin: it parses arguments, calls the library and prints."""
 
 import argparse
+import signal
 import sys
 import time
 import warnings
@@ -13,6 +14,8 @@ from mnistlab.train.engine import DEVICES, PRECISIONS, flush_denormals
 
 def main(argv: list[str] | None = None) -> int:
     flush_denormals()  # before any parallel work starts the threads that inherit it
+    # SIGTERM unwinds like Ctrl-C, so that a half-built run folder is removed on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = _parser()
     args = parser.parse_args(argv)
     warnings.showwarning = _one_line_warning
@@ -89,6 +92,9 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="train N seeds (seed, seed+1, ...) in lockstep, in folders seed-K",
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace runs of another config that mnistlab wrote in --out"
+    )
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument(
         "--precision",
@@ -134,6 +140,7 @@ def _training(args: argparse.Namespace) -> dict:
         "overrides": args.overrides,
         "seed": args.seed,
         "seeds": args.seeds,
+        "overwrite": args.overwrite,
         "epochs": args.epochs,
         "dataset": args.dataset,
         "data_dir": args.data_dir,
@@ -157,6 +164,10 @@ def _report(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     html, md = api.report(args.folders, args.out)
     print(f"report: {html} and {md} in {time.perf_counter() - start:.1f} s")
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -7,6 +7,9 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+# In every report and figure mnistlab writes, near its start: a later run knows the file is its own to replace.
+MARK = "made by mnistlab"
+
 
 def temporary_sibling(path: Path, tag: str = "part") -> Path:
     """An unused name beside `path`, hidden, for building it before a rename."""

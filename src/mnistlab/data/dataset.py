@@ -222,11 +222,11 @@ def _identify(
 
 def _pair(contents: dict[str, bytes], files: dict[str, Path], part: str) -> tuple[np.ndarray, np.ndarray]:
     images_stem, labels_stem = FILES[f"{part}_images"], FILES[f"{part}_labels"]
-    images = parse_images(contents[images_stem], files[images_stem].name)
-    labels = parse_labels(contents[labels_stem], files[labels_stem].name)
+    images = parse_images(contents[images_stem], str(files[images_stem]))
+    labels = parse_labels(contents[labels_stem], str(files[labels_stem]))
     if len(images) != len(labels):
         raise DataError(
-            f"{files[images_stem].name} has {len(images)} images but {files[labels_stem].name} has {len(labels)} labels"
+            f"{files[images_stem]} has {len(images)} images but {files[labels_stem].name} has {len(labels)} labels"
         )
     return images, labels
 

@@ -18,7 +18,7 @@ from matplotlib.ticker import FormatStrFormatter, FuncFormatter, MaxNLocator  # 
 
 from mnistlab.evaluation.analysis import ClassScores, Misclassified  # noqa: E402
 from mnistlab.evaluation.statistics import Summary  # noqa: E402
-from mnistlab.files import atomic_path  # noqa: E402
+from mnistlab.files import MARK, atomic_path  # noqa: E402
 from mnistlab.train.fit import Epoch  # noqa: E402
 
 TRAIN_COLOUR, EVAL_COLOUR = "#1f77b4", "#d62728"
@@ -48,7 +48,7 @@ def _epoch_axes(fig: Figure, title: str):
 
 def _save(fig: Figure, path: Path) -> None:
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": MARK})
 
 
 def _seed_band(histories: list[list[Epoch]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

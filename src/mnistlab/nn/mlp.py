@@ -144,6 +144,11 @@ def mean_grads(weights, reg: Regularization, grads, rows: int, penalties: Penalt
     ]
 
 
+def eval_chunk_rows(arch: Architecture, members: int) -> int:
+    """Rows per chunk of an evaluation: activations small enough for the allocator to reuse, not map afresh."""
+    return max(1024, EVAL_ELEMENTS // (members * max(arch.inputs, *arch.hidden)))
+
+
 @torch.no_grad()
 def evaluate(
     params: torch.Tensor, arch: Architecture, reg: Regularization, x: torch.Tensor, y: torch.Tensor
@@ -151,8 +156,7 @@ def evaluate(
     """(M,) clean loss (penalty included, as Keras' evaluate reports it) and accuracy on (x, y)."""
     nll = torch.zeros(params.shape[0], device=params.device)
     correct = torch.zeros(params.shape[0], device=params.device)
-    # Chunks whose activations stay small enough for the allocator to reuse rather than map afresh.
-    chunk = max(1024, EVAL_ELEMENTS // (params.shape[0] * max(arch.inputs, *arch.hidden)))
+    chunk = eval_chunk_rows(arch, params.shape[0])
     for start in range(0, len(y), chunk):
         out = logits(params, arch, x[start : start + chunk])
         target = y[start : start + chunk].expand(out.shape[0], -1)

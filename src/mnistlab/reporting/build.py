@@ -10,6 +10,7 @@ single-seed and multi-seed runs, without training anything.
 
 import time
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,7 +20,7 @@ from mnistlab.data import SPLITS, size_label
 from mnistlab.errors import MnistlabError
 from mnistlab.evaluation import figures
 from mnistlab.evaluation.statistics import Summary, summarise
-from mnistlab.files import write_atomic
+from mnistlab.files import MARK, write_atomic
 from mnistlab.reporting.document import (
     Bullets,
     Flagged,
@@ -82,24 +83,20 @@ class ExperimentRuns:
         return Score(loss=self.stat(split, "loss").mean, accuracy=self.stat(split, "accuracy").mean)
 
 
-def discover(paths: list[Path]) -> list[ExperimentRuns]:
-    """Experiments in run folders, multi-seed folders, or folders of those (a study), in the report's order."""
+def discover(paths: list[Path], problems: list[str] | None = None) -> list[ExperimentRuns]:
+    """Experiments in run folders, multi-seed folders, or folders of those (a study), in the report's order.
+
+    With `problems`, a folder that cannot be read is left out and its error appended there; without, the
+    first such error is raised.
+    """
     found: list[ExperimentRuns] = []
     for folder in map(RunFolder, paths):
-        if seeds := folder.seeds():  # a multi-seed run, even over an older single run's files
-            found.append(ExperimentRuns(folder, [Run.load(f) for f in seeds]))
-        elif folder.is_finished:
-            found.append(ExperimentRuns(folder, [Run.load(folder)]))
-        elif folder.path.is_dir() and (
-            children := [c for c in sorted(folder.path.iterdir()) if c.is_dir() and not c.name.startswith(".")]
-        ):
-            inside = [RunFolder(c) for c in children]
-            runs = discover(children) if any(c.is_finished or c.seeds() for c in inside) else []
-            if not runs:
-                raise MnistlabError(f"{folder.path}: no finished runs in it")
-            found += runs
-        else:
-            raise MnistlabError(f"{folder.path}: not a run folder (no {RunFolder.METRICS}), nor a folder of runs")
+        try:
+            found += _experiments_in(folder, problems)
+        except MnistlabError as exc:
+            if problems is None:
+                raise
+            problems.append(str(exc))
     order = {name: i for i, name in enumerate(REPORT_ORDER)}
     found.sort(key=lambda e: (order.get(e.name, len(order)), e.name, str(e.folder.path)))
     names = [e.name for e in found]
@@ -107,6 +104,21 @@ def discover(paths: list[Path]) -> list[ExperimentRuns]:
         where = e.folder.path.name if e.folder.path.name != e.name else e.folder.path.parent.name
         e.label = e.name if names.count(e.name) == 1 else f"{e.name} ({where})"
     return found
+
+
+def _experiments_in(folder: RunFolder, problems: list[str] | None) -> list[ExperimentRuns]:
+    if seeds := folder.seeds():  # a multi-seed run, even over an older single run's files
+        return [ExperimentRuns(folder, [Run.load(f) for f in seeds])]
+    if folder.is_finished:
+        return [ExperimentRuns(folder, [Run.load(folder)])]
+    if folder.path.is_dir():
+        children = [RunFolder(c) for c in sorted(folder.path.iterdir()) if c.is_dir() and not c.name.startswith(".")]
+        if any(c.is_finished or c.seeds() for c in children):
+            runs = discover([c.path for c in children], problems)
+            if runs:
+                return runs
+        raise MnistlabError(f"{folder.path}: no finished runs in it")
+    raise MnistlabError(f"{folder.path}: not a run folder (no {RunFolder.METRICS}), nor a folder of runs")
 
 
 def load_reference() -> dict:
@@ -311,13 +323,43 @@ def _run_blocks(experiment: ExperimentRuns) -> list:
 
 
 def build(paths: list[Path], out: Path) -> tuple[Path, Path]:
-    """Write the HTML report to `out` and its Markdown twin beside it; returns both paths."""
-    experiments = discover(paths)
+    """Write the HTML report to `out` and its Markdown twin beside it; returns both paths.
+
+    Folders that cannot be read are left out, each named in a warning; the report over the others is
+    written, then a MnistlabError says how many were left out.
+    """
+    problems: list[str] = []
+    experiments = discover(paths, problems)
+    for problem in problems:
+        warnings.warn(problem, stacklevel=2)
+    if not experiments:
+        raise MnistlabError("no run could be read: nothing to report")
+    out = Path(out)
+    md = out.with_suffix(".md")
+    chart = out.with_name(out.stem + ".accuracy.png")
+    for path in (out, md, chart):
+        if (path.exists() or path.is_symlink()) and not _is_ours(path):
+            raise MnistlabError(f"{path}: exists and is not a report of mnistlab's; choose another --out")
+    _write(experiments, out, md, chart)
+    if problems:
+        raise MnistlabError(f"{len(problems)} folder(s) left out of {out}: see the warnings above")
+    return out, md
+
+
+def _is_ours(path: Path) -> bool:
+    """Whether mnistlab wrote this report file: each kind carries its mark near its start."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return MARK.encode() in head
+
+
+def _write(experiments: list[ExperimentRuns], out: Path, md: Path, chart: Path) -> None:
     on_mnist = all(e.runs[0].metrics.dataset == "mnist" for e in experiments)
     reference = load_reference() if on_mnist else {}
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    chart = out.with_name(out.stem + ".accuracy.png")
     figures.accuracy_comparison(
         [
             figures.AccuracyRow(
@@ -361,7 +403,5 @@ def build(paths: list[Path], out: Path) -> tuple[Path, Path]:
     blocks.append(Heading(2, "Runs"))
     for e in experiments:
         blocks += _run_blocks(e)
-    md = out.with_suffix(".md")
     write_atomic(out, to_html(blocks))
     write_atomic(md, to_markdown(blocks, md.parent))
-    return out, md

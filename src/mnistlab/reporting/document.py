@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from mnistlab.files import MARK
+
 
 @dataclass
 class Heading:
@@ -66,6 +68,7 @@ def to_html(blocks: list) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta name="generator" content="{MARK}">',
         "<title>mnistlab report</title>",
         f"<style>{_STYLE}</style></head><body>",
     ]
@@ -96,7 +99,7 @@ def _html_cell(cell: str | Flagged) -> str:
 
 
 def to_markdown(blocks: list, base: Path) -> str:
-    parts = []
+    parts = [f"<!-- {MARK} -->"]
     for block in blocks:
         if isinstance(block, Heading):
             parts.append(f"{'#' * block.level} {block.text}")

@@ -147,7 +147,12 @@ def load(name_or_path: str, overrides: list[str] = ()) -> Experiment:
 def _read(name_or_path: str) -> tuple[dict, str, str]:
     path = Path(name_or_path)
     if path.suffix == ".toml" and path.is_file():
-        text, name, origin = path.read_text(), path.stem, str(path)
+        try:
+            text, name, origin = path.read_text(encoding="utf-8"), path.stem, str(path)
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
     elif name_or_path in preset_names():
         resource = resources.files("mnistlab.spec.presets") / f"{name_or_path}.toml"
         text, name, origin = resource.read_text(), name_or_path, f"preset {name_or_path}"

@@ -37,6 +37,7 @@ from mnistlab.nn import weights
 from mnistlab.nn.summary import summary
 from mnistlab.spec import Architecture, Experiment
 from mnistlab.spec.config import to_toml
+from mnistlab.study import claim
 from mnistlab.study.records import History, Metrics
 from mnistlab.train.fit import Fit
 from mnistlab.train.protocol import RunResult
@@ -45,6 +46,7 @@ from mnistlab.train.protocol import RunResult
 class RunFolder:
     """A run folder, a multi-seed folder above seed-K run folders, or a folder of either (a study)."""
 
+    MARKER = claim.MARKER
     CONFIG = "config.toml"
     METRICS = "metrics.json"
     HISTORY = "history.csv"
@@ -96,17 +98,26 @@ class RunFolder:
     def read_metrics(self) -> Metrics:
         return Metrics.from_json(self._read_json(self.METRICS), str(self.file(self.METRICS)))
 
+    def read_marker(self) -> dict | None:
+        return claim.read_marker(self.path)
+
     def read_history(self) -> History:
         return History.from_csv(self._read_text(self.HISTORY), str(self.file(self.HISTORY)))
 
     def read_analysis(self) -> Analysis:
-        return Analysis.from_dict(self._read_json(self.ANALYSIS))
+        try:
+            return Analysis.from_dict(self._read_json(self.ANALYSIS))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise MnistlabError(f"{self.file(self.ANALYSIS)}: not an analysis written by mnistlab ({exc!r})") from None
 
     def read_environment(self) -> dict:
         return self._read_json(self.ENVIRONMENT)
 
     def read_config(self) -> dict:
-        return tomllib.loads(self._read_text(self.CONFIG))
+        try:
+            return tomllib.loads(self._read_text(self.CONFIG))
+        except tomllib.TOMLDecodeError as exc:
+            raise MnistlabError(f"{self.file(self.CONFIG)}: invalid TOML ({exc})") from None
 
     def read_summary(self) -> str:
         return self._read_text(self.SUMMARY)
@@ -116,12 +127,20 @@ class RunFolder:
 
     def _read_text(self, name: str) -> str:
         try:
-            return self.file(name).read_text()
+            return self.file(name).read_text(encoding="utf-8")
         except OSError as exc:
             raise MnistlabError(f"{self.file(name)}: cannot read ({exc.strerror or exc})") from None
+        except UnicodeDecodeError:
+            raise MnistlabError(f"{self.file(name)}: not UTF-8 text") from None
 
     def _read_json(self, name: str) -> dict:
-        return json.loads(self._read_text(name))
+        try:
+            found = json.loads(self._read_text(name))
+        except ValueError as exc:
+            raise MnistlabError(f"{self.file(name)}: not valid JSON ({exc})") from None
+        if not isinstance(found, dict):
+            raise MnistlabError(f"{self.file(name)}: expected a JSON object, found {type(found).__name__}")
+        return found
 
 
 @dataclass
@@ -137,7 +156,14 @@ class Run:
         folder = folder if isinstance(folder, RunFolder) else RunFolder(folder)
         if not folder.is_finished:
             raise MnistlabError(f"{folder.path}: not a finished run folder (no {RunFolder.METRICS})")
-        return cls(folder, folder.read_metrics(), folder.read_history())
+        metrics, history = folder.read_metrics(), folder.read_history()
+        for phase, epochs in (("phase1", history.phase1), ("phase2", history.phase2)):
+            if [e.epoch for e in epochs] != list(range(1, metrics.epochs[phase] + 1)):
+                raise MnistlabError(
+                    f"{folder.file(RunFolder.HISTORY)}: {len(epochs)} epochs of {phase}, where metrics.json says "
+                    f"{metrics.epochs[phase]}"
+                )
+        return cls(folder, metrics, history)
 
     @property
     def name(self) -> str:
@@ -160,12 +186,22 @@ def write_run(
     environment: dict,
     stack_size: int,
 ) -> Metrics:
-    """Every file of one run, built beside `folder` and renamed into place whole."""
+    """Every file of one run, built beside `folder` and renamed into place whole: a full disk or an
+    interrupt leaves the folder as it was, and no part of the new one."""
+    try:
+        return _write_run(folder, experiment, result, arch, dataset, environment, stack_size)
+    except OSError as exc:
+        raise MnistlabError(f"{folder.path}: could not write the run ({exc.strerror or exc})") from None
+
+
+def _write_run(folder, experiment, result, arch, dataset, environment, stack_size) -> Metrics:
     folder.path.parent.mkdir(parents=True, exist_ok=True)
     building = RunFolder(temporary_sibling(folder.path, "building"))
     building.path.mkdir()
     try:
-        building.file(RunFolder.CONFIG).write_text(to_toml(experiment))
+        config = to_toml(experiment)
+        building.file(RunFolder.MARKER).write_text(claim.marker("run", config))
+        building.file(RunFolder.CONFIG).write_text(config)
         building.file(RunFolder.HISTORY).write_text(History.of(result).to_csv())
         building.file(RunFolder.SUMMARY).write_text(summary(arch, experiment.hyperparameters))
         described = {

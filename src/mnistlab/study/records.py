@@ -91,6 +91,8 @@ class Metrics:
 
     @classmethod
     def from_json(cls, table: dict, origin: str) -> "Metrics":
+        if not isinstance(table, dict):
+            raise MnistlabError(f"{origin}: expected a JSON object")
         written = table.get("format", 1)
         if written != FORMAT:
             newer = isinstance(written, int) and written > FORMAT
@@ -98,19 +100,42 @@ class Metrics:
                 f"{origin}: written by {'a newer' if newer else 'an older'} mnistlab (format {written}, this one reads "
                 f"{FORMAT}); {'upgrade mnistlab' if newer else 'run it again'}"
             )
-        return cls(
-            preset=table["preset"],
-            seed=table["seed"],
-            dataset=table["dataset"],
-            parameters=table["parameters"],
-            scores={split: Score(table[split]["loss"], table[split]["accuracy"]) for split in SPLITS},
-            split_sizes={split: table["split_sizes"][split] for split in SPLITS},
-            epochs={phase: table["epochs"][phase] for phase in ("phase1", "phase2")},
-            early_stopping=StoppingOutcome(**table["early_stopping"]),
-            misclassified=table["test"]["misclassified"],
-            wall_seconds=table["wall_seconds"],
-            stack_size=table["stack_size"],
-        )
+        try:
+            stopping = table["early_stopping"]
+            return cls(
+                preset=_typed(table["preset"], str),
+                seed=_typed(table["seed"], int),
+                dataset=_typed(table["dataset"], str),
+                parameters=_typed(table["parameters"], int),
+                scores={
+                    split: Score(_typed(table[split]["loss"], float), _typed(table[split]["accuracy"], float))
+                    for split in SPLITS
+                },
+                split_sizes={split: _typed(table["split_sizes"][split], int) for split in SPLITS},
+                epochs={phase: _typed(table["epochs"][phase], int) for phase in ("phase1", "phase2")},
+                early_stopping=StoppingOutcome(
+                    _typed(stopping["stopped_early"], bool),
+                    stopping["best_epoch"] if stopping["best_epoch"] is None else _typed(stopping["best_epoch"], int),
+                    _typed(stopping["restored_best_weights"], bool),
+                ),
+                misclassified=_typed(table["test"]["misclassified"], int),
+                wall_seconds=_typed(table["wall_seconds"], float),
+                stack_size=_typed(table["stack_size"], int),
+            )
+        except KeyError as exc:
+            raise MnistlabError(f"{origin}: missing {exc}") from None
+        except TypeError as exc:
+            raise MnistlabError(f"{origin}: {exc}") from None
+
+
+def _typed(value, kind: type):
+    """`value` if it is a `kind` (an int passes for a float, a bool for nothing else); raises TypeError."""
+    fits = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        fits, value = True, float(value)
+    if not fits:
+        raise TypeError(f"{value!r} where a {kind.__name__} belongs")
+    return value
 
 
 @dataclass(frozen=True)

@@ -159,3 +159,46 @@ def _signature(step_fn, args: tuple) -> tuple:
 
     bound = (step_fn.func, tuple(sorted(step_fn.keywords.items()))) if isinstance(step_fn, partial) else step_fn
     return (bound, *(describe(arg, rows_vary=index in (1, 2)) for index, arg in enumerate(args)))
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on `device`: free GPU memory, or the kernel's MemAvailable; None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        line = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemAvailable"))
+    except (OSError, StopIteration):
+        return None
+    return int(line.split()[1]) * 1024
+
+
+def training_bytes(shapes: list[tuple[int, int]], members: int, batch_rows: int, eval_rows: int) -> int:
+    """A generous estimate of the memory a stack of `members` models of these layer shapes needs in training.
+
+    Per member: the weights, Adam's two moments, a flat copy per epoch, best weights, the phase's result:
+    eight copies of the parameters. Per step: each layer's input, output and their gradients over the
+    batch's rows (a full batch in chunks of `batch_rows`), and the evaluation's activations.
+    """
+    params = sum(n_in * n_out + n_out for n_in, n_out in shapes)
+    widths = sum(n_in + n_out for n_in, n_out in shapes)
+    activations = 4 * batch_rows * widths + 2 * eval_rows * max(max(shape) for shape in shapes)
+    return 4 * members * (8 * params + activations)
+
+
+def check_memory(shapes: list[tuple[int, int]], members: int, batch_rows: int, eval_rows: int, device) -> None:
+    """Refuse, before anything is allocated, a stack that would not fit in the device's memory."""
+    needed, free = training_bytes(shapes, members, batch_rows, eval_rows), available_memory(device)
+    if free is not None and needed > free:
+        params = sum(n_in * n_out + n_out for n_in, n_out in shapes)
+        raise MnistlabError(
+            f"{members} model{'s' if members > 1 else ''} of {params:,} parameters "
+            f"need{'' if members > 1 else 's'} about {_size(needed)} "
+            f"to train on {device.type}, and {_size(free)} is available; make the model smaller"
+        )
+
+
+def _size(count: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1000

@@ -269,7 +269,7 @@ class _Lockstep:
         """One step over all rows, in order (their order cannot matter), as gradients summed over row
         chunks: activations of a whole 50k batch would be allocated, page-faulted in and freed every step."""
         # Chunks of (nearly) equal size: a short last chunk would make the compiler specialise again.
-        chunks = -(-len(self.y) // max(256, FULL_BATCH_ROWS // len(self.state.keys)))
+        chunks = -(-len(self.y) // full_batch_chunk_rows(len(self.state.keys)))
         chunk_rows = -(-len(self.y) // chunks)
         nll = correct = 0
         grads = None
@@ -284,6 +284,11 @@ class _Lockstep:
             else:
                 grads = [(k + pk, b + pb) for (k, b), (pk, pb) in zip(grads, part_grads, strict=True)]
         apply_gradients(self.state, totals, nll, correct, grads, len(self.y), self.penalties)
+
+
+def full_batch_chunk_rows(members: int) -> int:
+    """At most this many rows per chunk of a full batch."""
+    return max(256, FULL_BATCH_ROWS // members)
 
 
 def _epoch_batches(shufflers: list[torch.Generator], size: int, batch_size: int, device: torch.device):

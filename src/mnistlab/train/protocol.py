@@ -12,10 +12,10 @@ from dataclasses import dataclass, replace
 import torch
 
 from mnistlab.data import SPLITS, Splits
-from mnistlab.nn.mlp import Regularization, evaluate
+from mnistlab.nn.mlp import Regularization, eval_chunk_rows, evaluate
 from mnistlab.spec import Architecture, Hyperparameters
-from mnistlab.train.engine import Engine
-from mnistlab.train.fit import Fit, Streams, fit, seed_for
+from mnistlab.train.engine import Engine, check_memory
+from mnistlab.train.fit import Fit, Streams, fit, full_batch_chunk_rows, seed_for
 from mnistlab.train.progress import ProgressBars
 
 
@@ -61,6 +61,8 @@ def train_protocol(
 ) -> list[RunResult]:
     """Both phases for a stack of members (see the module's docstring)."""
     progress = progress or ProgressBars.OFF
+    step_rows = min(batch_size, len(splits.full[1])) if batch_size else full_batch_chunk_rows(len(members))
+    check_memory(arch.shapes, len(members), step_rows, eval_chunk_rows(arch, len(members)), engine.device)
     start = time.perf_counter()
     reg = Regularization.of(arch, members, engine.device)
 
