@@ -201,3 +201,21 @@ def test_protocol_retrains_for_the_epochs_phase_one_ran(small_mnist):
 def test_random_streams_are_independent():
     seeds = {seed_for(s, stream) for s in range(3) for stream in ("init", "shuffle-1", "shuffle-2", "dropout-1")}
     assert len(seeds) == 12 and all(0 <= s < 2**63 for s in seeds)
+
+
+def test_runs_of_one_seed_share_initial_weights_and_data_order_whatever_the_experiment():
+    """Why the report pairs runs by seed: the same seed gives two experiments the same starting point and
+    the same batches, so their difference is the experiments', not the seeds'."""
+    from mnistlab.spec import config
+    from mnistlab.train.fit import _epoch_batches, _Lockstep
+
+    x, y = _toy_data(256)
+    powerful, l2 = (config.load(name).hyperparameters for name in ("powerful", "l2"))
+    arch = Architecture(784, config.load("powerful").hidden)
+    stack = _Lockstep(arch, [powerful, l2], [streams(powerful, 1), streams(l2, 1)], (x, y), 32, EAGER)
+    for kernel, bias in stack.state.weights:
+        assert torch.equal(kernel[0], kernel[1]) and torch.equal(bias[0], bias[1])
+    for batch in _epoch_batches(stack.shufflers, 256, 32, torch.device("cpu")):
+        assert torch.equal(batch[0], batch[1])
+    other_seed = _Lockstep(arch, [powerful], [streams(replace(powerful, seed=1), 1)], (x, y), 32, EAGER)
+    assert not torch.equal(other_seed.state.weights[0][0][0], stack.state.weights[0][0][0])

@@ -23,6 +23,19 @@ class Misclassified:
 
 
 @dataclass(frozen=True)
+class TopLoss:
+    """One of the test images the model is most wrong about, as fastai shows them, and the true class's
+    probability beside the prediction's, which fastai does not show."""
+
+    index: int
+    true: int
+    predicted: int
+    loss: float  # -log p(true class)
+    predicted_probability: float
+    true_probability: float
+
+
+@dataclass(frozen=True)
 class ConfusedPair:
     true: int
     predicted: int
@@ -46,6 +59,7 @@ class Analysis:
     confused_pairs: list[ConfusedPair]  # most frequent first
     per_class: list[ClassScores]
     confusion: list[list[float]]  # rows: true class, normalised to sum to 1
+    top_losses: list[TopLoss]  # highest loss first
 
     def to_dict(self) -> dict:
         """As analysis.json holds it."""
@@ -65,7 +79,15 @@ class Analysis:
                 for row in table["per_class"]
             ],
             confusion=[list(map(float, row)) for row in table["confusion"]],
+            top_losses=[TopLoss(**row) for row in table["top_losses"]],
         )
+
+    def counts(self) -> np.ndarray:
+        """(classes, classes) how many test images of class i the model read as j, off the diagonal."""
+        counts = np.zeros((len(self.classes), len(self.classes)), dtype=int)
+        for item in self.misclassified:
+            counts[item.true, item.predicted] += 1
+        return counts
 
 
 def predict(params: torch.Tensor, arch: Architecture, x: torch.Tensor, chunk: int = 10_000) -> torch.Tensor:
@@ -75,9 +97,14 @@ def predict(params: torch.Tensor, arch: Architecture, x: torch.Tensor, chunk: in
     return torch.softmax(torch.cat(parts), dim=1)
 
 
-def analyse(probabilities: torch.Tensor, labels: torch.Tensor, classes: list[str], top_pairs: int = 10) -> Analysis:
+def analyse(
+    probabilities: torch.Tensor, labels: torch.Tensor, classes: list[str], top_pairs: int = 10, top_losses: int = 16
+) -> Analysis:
     """Everything the report shows about one model's errors, from its test-set probabilities."""
     probabilities, labels = probabilities.cpu().numpy(), labels.cpu().numpy()
+    true_probability = probabilities[np.arange(len(labels)), labels]
+    losses = -np.log(np.maximum(true_probability, np.finfo(np.float32).tiny))
+    worst = np.argsort(-losses, kind="stable")[:top_losses]
     predicted = probabilities.argmax(1)
     confidence = probabilities.max(1)
     wrong = np.flatnonzero(predicted != labels)
@@ -99,4 +126,23 @@ def analyse(probabilities: torch.Tensor, labels: torch.Tensor, classes: list[str
             for c in everything
         ],
         confusion=np.nan_to_num(normalised).tolist(),
+        top_losses=[
+            TopLoss(
+                int(i),
+                int(labels[i]),
+                int(predicted[i]),
+                float(losses[i]),
+                float(confidence[i]),
+                float(true_probability[i]),
+            )
+            for i in worst
+        ],
     )
+
+
+def error_images(analysis: Analysis, images: torch.Tensor, shape: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """The test images the report shows for one run (every misclassified one and the top losses) as uint8,
+    with their indices: what a run folder keeps so that its report needs no data set."""
+    indices = sorted({m.index for m in analysis.misclassified} | {t.index for t in analysis.top_losses})
+    chosen = images[indices].reshape(len(indices), *shape)
+    return {"indices": torch.tensor(indices, dtype=torch.int64), "images": (chosen * 255).round().to(torch.uint8)}

@@ -5,6 +5,7 @@ with a band of one standard deviation around it. Figures are built on `matplotli
 pyplot, so nothing global is touched and nothing needs closing.
 """
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +16,11 @@ matplotlib.use("Agg")  # headless: no display is needed, or wanted, anywhere mni
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FormatStrFormatter, FuncFormatter, MaxNLocator  # noqa: E402
+from PIL import Image as PILImage  # noqa: E402
 
 from mnistlab.evaluation.analysis import ClassScores, Misclassified  # noqa: E402
 from mnistlab.evaluation.statistics import Summary  # noqa: E402
-from mnistlab.files import MARK, atomic_path  # noqa: E402
+from mnistlab.files import MARK, write_atomic  # noqa: E402
 from mnistlab.train.fit import Epoch  # noqa: E402
 
 TRAIN_COLOUR, EVAL_COLOUR = "#1f77b4", "#d62728"
@@ -47,8 +49,7 @@ def _epoch_axes(fig: Figure, title: str):
 
 
 def _save(fig: Figure, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": MARK})
+    write_atomic(path, _png_bytes(fig))
 
 
 def _seed_band(histories: list[list[Epoch]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -217,3 +218,33 @@ def accuracy_comparison(rows: list[AccuracyRow], path: Path, title: str) -> None
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncols=2)
     ax.set_title(title)
     _save(fig, path)
+
+
+def _png_bytes(fig: Figure) -> bytes:
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=100, metadata={"Software": MARK})
+    return out.getvalue()
+
+
+def digit_grid(images: list[np.ndarray], captions: list[str], title: str, columns: int = 8) -> bytes:
+    """Digits (uint8, dark ink as in the data) with a caption each, as PNG bytes."""
+    rows = max(1, -(-len(images) // columns))
+    lines = max((c.count("\n") + 1 for c in captions), default=1)
+    fig = Figure(figsize=(1.3 * columns, (1.1 + 0.17 * lines) * rows + 0.5), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, columns)).reshape(-1)
+    for ax in axes:
+        ax.set_axis_off()
+    for ax, image, caption in zip(axes, images, captions, strict=False):
+        ax.imshow(image, cmap="gray_r", vmin=0, vmax=255)
+        ax.set_title(caption, fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return _png_bytes(fig)
+
+
+def digit_strip(images: list[np.ndarray], scale: int = 2) -> bytes:
+    """Digits side by side, ink dark on white, as a small PNG: cheap enough to draw hundreds of."""
+    gap = np.full((images[0].shape[0], 2), 255, np.uint8)
+    row = np.concatenate([part for image in images for part in (255 - image, gap)][:-1], axis=1)
+    out = io.BytesIO()
+    PILImage.fromarray(row).resize((row.shape[1] * scale, row.shape[0] * scale), PILImage.NEAREST).save(out, "PNG")
+    return out.getvalue()

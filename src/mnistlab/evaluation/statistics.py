@@ -28,10 +28,63 @@ def summarise(values: list[float]) -> Summary:
     return Summary(n, mean, std, mean - half, mean + half)
 
 
-def difference_p_value(a: list[float], b: list[float]) -> float | None:
-    """Two-sided p-value of Welch's t-test that two groups of seeds share a mean; None below 2 seeds each."""
+def prediction_interval(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """Where one new run would land with probability `level`: mean ± t·s·sqrt(1 + 1/n). This, not the
+    interval of the mean, is what a single published run is to be compared with: the published run has
+    seed noise of its own, and the interval of the mean shrinks towards nothing as seeds are added.
+    None below 2 values."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean, std = float(np.mean(values)), float(np.std(values, ddof=1))
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * std * np.sqrt(1 + 1 / n))
+    return mean - half, mean + half
+
+
+PAIRED, WELCH = "paired t-test over seeds", "Welch's t-test"
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Mean of one experiment minus another's over seeds, with its 95% interval and a two-sided p-value."""
+
+    difference: float
+    low: float
+    high: float
+    p: float
+    test: str  # PAIRED or WELCH
+
+
+def difference(a: dict[int, float], b: dict[int, float]) -> Difference | None:
+    """a - b, each given per seed. Runs of one seed share their random streams (initial weights, data order,
+    dropout masks) whatever the experiment, so where both have the same seeds the pairs are compared: a
+    paired t-test on the differences seed by seed. Otherwise Welch's. None below 2 seeds each."""
     if len(a) < 2 or len(b) < 2:
         return None
-    if np.std(a) == 0 and np.std(b) == 0:
-        return 1.0 if np.mean(a) == np.mean(b) else 0.0
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    paired = sorted(a) == sorted(b)
+    x = np.array([a[s] for s in sorted(a)])
+    y = np.array([b[s] for s in sorted(b)])
+    mean = float(x.mean() - y.mean())
+    spread = (x - y) if paired else np.concatenate([x - x.mean(), y - y.mean()])
+    if np.ptp(spread) == 0:
+        # No variance at all: the difference is what it is, exactly.
+        return Difference(mean, mean, mean, 1.0 if mean == 0 else 0.0, PAIRED if paired else WELCH)
+    result = stats.ttest_rel(x, y) if paired else stats.ttest_ind(x, y, equal_var=False)
+    interval = result.confidence_interval(0.95)
+    return Difference(
+        mean, float(interval.low), float(interval.high), float(result.pvalue), PAIRED if paired else WELCH
+    )
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment: adjusted p-values whose threshold keeps the chance of any false
+    'real difference' among all the comparisons at that threshold, where unadjusted p-values of many
+    pairs would find some by chance alone."""
+    order = np.argsort(p_values)
+    m = len(p_values)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted.tolist()

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mnistlab.evaluation.statistics import Summary, difference_p_value
+from mnistlab.evaluation.statistics import Difference, difference, holm, prediction_interval
 from mnistlab.train.fit import Epoch
 from mnistlab.train.protocol import Score
 
@@ -19,6 +19,9 @@ def within_rounding(published: float, ours: float, key: str) -> bool:
     return round(ours, 4) == round(published, 4)  # four decimals
 
 
+MIN_SEEDS = 3  # below this, a spread over seeds is too uncertain for a verdict
+
+
 @dataclass(frozen=True)
 class Comparison:
     """One published number beside ours."""
@@ -26,26 +29,36 @@ class Comparison:
     split: str
     key: str  # accuracy or loss
     published: float
-    ours: Summary  # over seeds
+    ours: list[float]  # one per seed
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.ours))
 
     @property
     def difference(self) -> float:
-        return self.ours.mean - self.published
+        return self.mean - self.published
 
     @property
     def within_rounding(self) -> bool:
-        return within_rounding(self.published, self.ours.mean, self.key)
+        return within_rounding(self.published, self.mean, self.key)
+
+    @property
+    def prediction_interval(self) -> tuple[float, float] | None:
+        """Where one more of our runs would land, 95%: what one published run is to be compared with."""
+        return prediction_interval(self.ours) if len(self.ours) >= MIN_SEEDS else None
 
     @property
     def inside_interval(self) -> bool | None:
-        """Whether the published value lies inside our 95% interval; None below 2 seeds."""
-        return None if self.ours.low is None else self.ours.low <= self.published <= self.ours.high
+        """Whether the published run lies where one of ours would; None below MIN_SEEDS seeds."""
+        interval = self.prediction_interval
+        return None if interval is None else interval[0] <= self.published <= interval[1]
 
 
-def compare(stats: dict[tuple[str, str], Summary], reference: dict) -> list[Comparison]:
-    """Published vs ours, for every split and metric the report gives; stats: (split, key) -> Summary."""
+def compare(values: dict[tuple[str, str], list[float]], reference: dict) -> list[Comparison]:
+    """Published vs ours, for every split and metric the report gives; values: (split, key) -> one per seed."""
     return [
-        Comparison(split, key, reference[split][key], stats[split, key])
+        Comparison(split, key, reference[split][key], values[split, key])
         for split in ("train", "validation", "full", "test")
         for key in ("accuracy", "loss")
         if split in reference and key in reference[split]
@@ -91,23 +104,31 @@ def verdict(train: Score, validation: Score, phase1: list[list[Epoch]], best_tra
 
 
 @dataclass(frozen=True)
-class Difference:
-    """Mean test accuracy of one experiment minus another's, and Welch's p-value."""
+class Pair:
+    """Experiment a minus experiment b in mean test accuracy over seeds, tested and corrected."""
 
-    difference: float
-    p: float | None
+    a: str
+    b: str
+    seeds: int  # the fewer of the two
+    difference: Difference | None  # None below 2 seeds each
+    adjusted_p: float | None  # Holm's, over every pair of the report
 
     @property
-    def real(self) -> bool:
-        return self.p is not None and self.p < SIGNIFICANCE
+    def verdict(self) -> str:
+        if self.difference is None or self.seeds < MIN_SEEDS:
+            return f"too few seeds ({self.seeds}) for a verdict"
+        return "real" if self.adjusted_p < SIGNIFICANCE else "within seed noise"
 
 
-def significance(accuracies: list[list[float]]) -> list[list[Difference | None]]:
-    """Pairwise differences (row minus column) between experiments, each given by its seeds' accuracies."""
-    return [
-        [
-            None if i == j else Difference(float(np.mean(a) - np.mean(b)), difference_p_value(a, b))
-            for j, b in enumerate(accuracies)
-        ]
-        for i, a in enumerate(accuracies)
+def pairs(accuracies: dict[str, dict[int, float]]) -> list[Pair]:
+    """Every pair of experiments (name -> seed -> test accuracy), each difference tested (paired where the
+    seeds match, see `statistics.difference`) and the p-values adjusted together with Holm's method."""
+    names = list(accuracies)
+    found = [
+        (a, b, min(len(accuracies[a]), len(accuracies[b])), difference(accuracies[a], accuracies[b]))
+        for i, a in enumerate(names)
+        for b in names[i + 1 :]
     ]
+    tested = [d.p for *_, d in found if d is not None]
+    adjusted = iter(holm(tested)) if tested else iter(())
+    return [Pair(a, b, seeds, d, None if d is None else next(adjusted)) for a, b, seeds, d in found]

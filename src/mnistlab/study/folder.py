@@ -25,12 +25,15 @@ import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from mnistlab.data import SPLITS, Dataset, size_label
 from mnistlab.errors import MnistlabError
 from mnistlab.evaluation import figures
-from mnistlab.evaluation.analysis import Analysis, analyse, predict
+from mnistlab.evaluation.analysis import Analysis, analyse, error_images, predict
 from mnistlab.evaluation.statistics import summarise
 from mnistlab.files import temporary_sibling, write_atomic
 from mnistlab.nn import weights
@@ -55,6 +58,7 @@ class RunFolder:
     SUMMARY = "summary.txt"
     ENVIRONMENT = "environment.json"
     ANALYSIS = "analysis.json"
+    ERROR_IMAGES = "errors.safetensors"  # the test images behind analysis.json, so a report needs no data set
     AGGREGATE = "aggregate.json"
     VALIDATION_CURVES = "validation_curves.png"
     RETRAINING_CURVE = "retraining_curve.png"
@@ -109,6 +113,18 @@ class RunFolder:
             return Analysis.from_dict(self._read_json(self.ANALYSIS))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise MnistlabError(f"{self.file(self.ANALYSIS)}: not an analysis written by mnistlab ({exc!r})") from None
+
+    def read_error_images(self) -> dict[int, np.ndarray]:
+        """Test index -> (rows, cols) uint8 image, for the images analysis.json names."""
+        path = self.file(self.ERROR_IMAGES)
+        try:
+            with safe_open(path, framework="numpy") as f:
+                indices, images = f.get_tensor("indices"), f.get_tensor("images")
+        except (OSError, SafetensorError, KeyError, ValueError) as exc:
+            raise MnistlabError(f"{path}: not error images written by mnistlab ({exc})") from None
+        if images.dtype != np.uint8 or images.ndim != 3 or len(indices) != len(images):
+            raise MnistlabError(f"{path}: not error images written by mnistlab")
+        return dict(zip(indices.tolist(), images, strict=True))
 
     def read_environment(self) -> dict:
         return self._read_json(self.ENVIRONMENT)
@@ -238,6 +254,7 @@ def write_analysis(folder: RunFolder, result: RunResult, arch: Architecture, dat
     sizes = dataset.split_sizes()
     analysis = analyse(predict(result.weights.cpu(), arch, test_x), test_y, list(dataset.classes))
     folder.file(RunFolder.ANALYSIS).write_text(json.dumps(analysis.to_dict(), indent=1) + "\n")
+    save_file(error_images(analysis, test_x, dataset.image_shape), folder.file(RunFolder.ERROR_IMAGES))
     figures.validation_curves(
         [result.phase1.history],
         folder.file(RunFolder.VALIDATION_CURVES),

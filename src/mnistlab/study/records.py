@@ -13,7 +13,7 @@ from mnistlab.errors import MnistlabError
 from mnistlab.train.fit import Epoch
 from mnistlab.train.protocol import RunResult, Score
 
-FORMAT = 2  # of metrics.json; 1 had no split sizes
+FORMAT = 3  # of a run folder, written in metrics.json; 2 had no error images, 1 no split sizes
 
 
 @dataclass(frozen=True)
