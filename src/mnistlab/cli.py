@@ -1,19 +1,24 @@
-"""The `mnistlab` command. Thin: it parses arguments, calls the library and prints."""
+"""The `mnistlab` command. Thin: it parses arguments, calls the library and prints.
+
+The library loads inside each command, so that `mnistlab predict --onnx` starts without torch.
+"""
 
 import argparse
+import json
+import os
 import signal
 import sys
 import time
 import warnings
 from pathlib import Path
 
-from mnistlab import __version__, api, data
+from mnistlab import __version__
+from mnistlab.data.catalog import CATALOG
 from mnistlab.errors import MnistlabError
-from mnistlab.train.engine import DEVICES, PRECISIONS, flush_denormals
+from mnistlab.train.choices import DEVICES, PRECISIONS
 
 
 def main(argv: list[str] | None = None) -> int:
-    flush_denormals()  # before any parallel work starts the threads that inherit it
     # SIGTERM unwinds like Ctrl-C, so that a half-built run folder is removed on the way out.
     signal.signal(signal.SIGTERM, _interrupt)
     parser = _parser()
@@ -27,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mnistlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output went away (| head): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that exiting flushes nowhere
+        return 141
     return 0
 
 
@@ -61,13 +69,32 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("folders", nargs="+", type=Path, metavar="RUN_DIR", help="run, multi-seed or study folders")
     report.add_argument("--out", type=Path, default=Path("report.html"), help="HTML file (default: report.html)")
     report.set_defaults(func=_report)
+
+    predict = commands.add_parser("predict", help="read digits in images with a trained model")
+    predict.add_argument("model", nargs="?", type=Path, metavar="RUN_DIR", help="run or multi-seed folder")
+    predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    predict.add_argument("--onnx", type=Path, metavar="FILE", help="read with this ONNX file instead (no torch)")
+    predict.add_argument("--json", action="store_true", help="one JSON object per image")
+    predict.add_argument("--top", type=int, default=3, metavar="K", help="show the K most probable classes")
+    predict.set_defaults(func=_predict)
+
+    serve = commands.add_parser("serve", help="a page to draw digits on, and a JSON API, for a trained model")
+    serve.add_argument("model", type=Path, metavar="RUN_DIR")
+    serve.add_argument("--host", default="127.0.0.1", help="default: loopback only")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=_serve)
+
+    export = commands.add_parser("export", help="export a trained model")
+    export.add_argument("model", type=Path, metavar="RUN_DIR")
+    export.add_argument("--onnx", type=Path, required=True, metavar="FILE")
+    export.set_defaults(func=_export)
     return parser
 
 
 def _data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset",
-        choices=sorted(data.CATALOG),
+        choices=sorted(CATALOG),
         default=None,
         help="a catalogued data set (default: mnist, or what the files in --data-dir are)",
     )
@@ -113,6 +140,8 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _data_info(args: argparse.Namespace) -> None:
+    from mnistlab import data
+
     ds = data.load(args.dataset, args.data_dir, validation_size=args.validation_size)
     print(f"data set   {ds.name}")
     print(f"folder     {ds.folder}  (from {ds.folder_origin})")
@@ -130,6 +159,8 @@ def _data_info(args: argparse.Namespace) -> None:
 
 
 def _presets(args: argparse.Namespace) -> None:
+    from mnistlab import api
+
     for name, description in api.presets().items():
         print(f"{name:<18} {description}")
 
@@ -152,18 +183,70 @@ def _training(args: argparse.Namespace) -> dict:
     }
 
 
+def _training_library():
+    """The library, with denormals flushed before any parallel work starts the threads that inherit it."""
+    from mnistlab import api
+    from mnistlab.train.engine import flush_denormals
+
+    flush_denormals()
+    return api
+
+
 def _run(args: argparse.Namespace) -> None:
+    api = _training_library()
     api.run(args.preset, out=args.out, **_training(args))
 
 
 def _study(args: argparse.Namespace) -> None:
+    api = _training_library()
     api.study(args.presets, out=args.out, **_training(args))
 
 
 def _report(args: argparse.Namespace) -> None:
+    from mnistlab import api
+
     start = time.perf_counter()
     html, md = api.report(args.folders, args.out)
     print(f"report: {html} and {md} in {time.perf_counter() - start:.1f} s")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    if args.top < 1:
+        raise MnistlabError(f"--top must be at least 1, got {args.top}")
+    if args.onnx:
+        from mnistlab.serving.onnx import OnnxPredictor
+
+        images = [p for p in (args.model, *args.images) if p is not None]  # no RUN_DIR: every path is an image
+        reader = OnnxPredictor(args.onnx)
+    elif args.model is None:
+        raise MnistlabError("predict: give a RUN_DIR, or --onnx FILE")
+    else:
+        from mnistlab.serving.predictor import Predictor
+
+        images, reader = args.images, Predictor(args.model)
+    for path, prediction in zip(images, reader.predict_files(images, args.top), strict=True):
+        if args.json:
+            print(json.dumps({"file": str(path), **prediction.to_json()}))
+        else:
+            print(f"{path}: {prediction.describe()}")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from mnistlab.serving.predictor import Predictor
+    from mnistlab.serving.server import create_app
+
+    app = create_app(Predictor(args.model), str(args.model))
+    print(f"serving {args.model} on http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from mnistlab.serving.onnx import export
+
+    export(args.model, args.onnx)
+    print(f"{args.onnx}: the model of {args.model}, with its softmax, for onnxruntime")
 
 
 def _interrupt(signum, frame) -> None:

@@ -1,24 +1,13 @@
-"""MNIST-format data: the idx file format, the catalogued data sets, downloads, and the lab's splits."""
+"""MNIST-format data: the idx file format, the catalogued data sets, downloads, and the lab's splits.
+
+The catalog loads without torch; the loader (`dataset`) on first use of its names.
+"""
 
 from mnistlab.data.catalog import CATALOG, FILES, Catalogued
-from mnistlab.data.dataset import (
-    ENV_VAR,
-    SPLITS,
-    Dataset,
-    Splits,
-    UnverifiedDataWarning,
-    cache_dir,
-    load,
-    locate,
-    size_label,
-)
 
-__all__ = [
-    "CATALOG",
+_DATASET = (
     "ENV_VAR",
-    "FILES",
     "SPLITS",
-    "Catalogued",
     "Dataset",
     "Splits",
     "UnverifiedDataWarning",
@@ -26,4 +15,13 @@ __all__ = [
     "load",
     "locate",
     "size_label",
-]
+)
+__all__ = ["CATALOG", "FILES", "Catalogued", *_DATASET]
+
+
+def __getattr__(name: str):
+    if name in _DATASET:
+        from mnistlab.data import dataset
+
+        return getattr(dataset, name)
+    raise AttributeError(f"module 'mnistlab.data' has no attribute {name!r}")

@@ -10,11 +10,7 @@ from pathlib import Path
 import torch
 
 from mnistlab.errors import MnistlabError
-
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-DEVICES = ("auto", "cpu", "cuda")
+from mnistlab.train.choices import DEVICES, PRECISIONS
 
 
 @dataclass(frozen=True)
