@@ -9,6 +9,7 @@ calls these functions, nothing more.
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from mnistlab.reporting import build
@@ -46,35 +47,55 @@ def experiment(
     return config.load(preset, [*overrides, *shorthands])
 
 
-def run(
-    preset: str,
-    *,
-    overrides: list[str] = (),
-    seed: int | None = None,
-    seeds: int = 1,
-    epochs: int | None = None,
-    dataset: str | None = None,
-    data_dir: Path | None = None,
-    out: Path | str | None = None,
-    overwrite: bool = False,
-    device: str = "auto",
-    precision: str = "auto",
-    compile: bool = True,
-    progress: bool = False,
-    log: Log = _quiet,
-) -> list[Run]:
+@dataclass(frozen=True)
+class Options:
+    """What `run` and `study` share: how each experiment is changed, and how it is trained.
+
+    overrides: `section.key=value` strings, as --set takes them; seed, epochs, dataset: shorthands for
+    three of them. seeds: how many seeds of each experiment, trained in lockstep. data_dir: where the data
+    set is (else $MNISTLAB_DATA or the user cache). overwrite: replace runs of mnistlab's of another config.
+    device, precision, compile: the engine (see `train.engine.Engine.create`). progress: Keras-like bars.
+    log: where to say what is being trained.
+    """
+
+    overrides: tuple[str, ...] = ()
+    seed: int | None = None
+    seeds: int = 1
+    epochs: int | None = None
+    dataset: str | None = None
+    data_dir: Path | None = None
+    overwrite: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = True
+    progress: bool = False
+    log: Log = _quiet
+
+    def experiment(self, preset: str) -> Experiment:
+        return experiment(preset, list(self.overrides), dataset=self.dataset, epochs=self.epochs, seed=self.seed)
+
+    def train(self, planned: list[PlannedRun]) -> None:
+        engine = Engine.create(self.device, self.precision, self.compile)
+        # Files in a --data-dir say which data set they are, unless a data set was named.
+        identify = bool(self.data_dir and not self.dataset)
+        data_dir = Path(self.data_dir) if self.data_dir else None
+        execute(planned, engine, data_dir, identify=identify, log=self.log, progress=self.progress)
+
+
+def run(preset: str, *, out: Path | str | None = None, **options) -> list[Run]:
     """Train one experiment with the lab's two-phase protocol, `seeds` seeds in lockstep; write its run
     folder (default runs/NAME; seed-K folders below it for several seeds) and return the runs, by seed.
+    `options` are those of `Options`.
 
     `out` may be a new path, an empty folder, or a run folder of mnistlab's of the same config, which is
     trained again; one of another config only with `overwrite`. Anything else there is refused.
     """
-    spec = experiment(preset, overrides, dataset=dataset, epochs=epochs, seed=seed)
-    engine = Engine.create(device, precision, compile)
+    options = Options(**options)
+    spec = options.experiment(preset)
     folder = RunFolder(out or Path("runs") / spec.name)
     with claim.lock(folder.path):
-        planned = _claim_runs(spec, folder, seeds, overwrite)
-        _train(planned, engine, data_dir, dataset, log, progress)
+        planned = _claim_runs(spec, folder, options.seeds, options.overwrite)
+        options.train(planned)
     return [Run.load(p.folder) for p in planned]
 
 
@@ -89,43 +110,27 @@ def _claim_runs(spec: Experiment, folder: RunFolder, seeds: int, overwrite: bool
     return planned
 
 
-def study(
-    presets: list[str] | None = None,
-    *,
-    overrides: list[str] = (),
-    seed: int | None = None,
-    seeds: int = 1,
-    epochs: int | None = None,
-    dataset: str | None = None,
-    data_dir: Path | None = None,
-    out: Path | str = "study",
-    overwrite: bool = False,
-    device: str = "auto",
-    precision: str = "auto",
-    compile: bool = True,
-    progress: bool = False,
-    log: Log = _quiet,
-) -> list[Run]:
+def study(presets: list[str] | None = None, *, out: Path | str = "study", **options) -> list[Run]:
     """Every experiment of the lab report (or those named), skipping runs already finished in `out`, then
-    the report (`out`/report.html). Returns every run of the study.
+    the report (`out`/report.html). Returns every run of the study. `options` are those of `Options`.
 
     A finished run of another config (other epochs, say) is refused unless `overwrite`, which trains it
     again; so is a folder that mnistlab did not write. One process writes a study folder at a time.
     """
-    out = Path(out)
-    names = presets or config.preset_names()
-    specs = [experiment(name, overrides, dataset=dataset, epochs=epochs, seed=seed) for name in names]
-    engine = Engine.create(device, precision, compile)
+    options, out = Options(**options), Path(out)
+    specs = [options.experiment(name) for name in presets or config.preset_names()]
     with claim.lock(out):
-        claim.prepare(out, "study", overwrite=overwrite)
-        planned = [p for spec in specs for p in _claim_runs(spec, RunFolder(out / spec.name), seeds, overwrite)]
+        claim.prepare(out, "study", overwrite=options.overwrite)
+        planned = [
+            p for spec in specs for p in _claim_runs(spec, RunFolder(out / spec.name), options.seeds, options.overwrite)
+        ]
         todo = [p for p in planned if not _finished_as_planned(p)]
         if len(todo) < len(planned):
-            log(f"{len(planned) - len(todo)} of {len(planned)} runs already finished in {out}")
+            options.log(f"{len(planned) - len(todo)} of {len(planned)} runs already finished in {out}")
         if todo:
-            _train(todo, engine, data_dir, dataset, log, progress)
+            options.train(todo)
         html, md = build.build([out], out / "report.html")
-    log(f"report: {html} (and {md.name})")
+    options.log(f"report: {html} (and {md.name})")
     return [Run.load(p.folder) for p in planned]
 
 
@@ -134,12 +139,6 @@ def _finished_as_planned(run: PlannedRun) -> bool:
     is to be overwritten by then)."""
     found = run.folder.read_marker()
     return run.folder.is_finished and found is not None and found["config"] == config.to_toml(run.experiment)
-
-
-def _train(planned: list[PlannedRun], engine: Engine, data_dir, dataset, log: Log, progress: bool) -> None:
-    # Files in a --data-dir say which data set they are, unless a data set was named.
-    identify = bool(data_dir and not dataset)
-    execute(planned, engine, Path(data_dir) if data_dir else None, identify=identify, log=log, progress=progress)
 
 
 def load_run(folder: Path | str) -> Run:

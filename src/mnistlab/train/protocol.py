@@ -66,28 +66,14 @@ def train_protocol(
     start = time.perf_counter()
     reg = Regularization.of(arch, members, engine.device)
 
-    phase1 = fit(
-        arch,
-        members,
-        [streams(m, 1) for m in members],
-        splits.train,
-        splits.validation,
-        batch_size,
-        engine,
-        progress.within("phase 1"),
-    )
+    def phase(number: int, members: list[Hyperparameters], train, evaluation) -> list[Fit]:
+        seeds = [streams(m, number) for m in members]
+        return fit(arch, members, seeds, train, evaluation, batch_size, engine, progress.within(f"phase {number}"))
+
+    phase1 = phase(1, members, splits.train, splits.validation)
     stack1 = torch.stack([f.params for f in phase1])
     retrain = [replace(m, epochs=f.epochs, early_stopping=None) for m, f in zip(members, phase1, strict=True)]
-    phase2 = fit(
-        arch,
-        retrain,
-        [streams(m, 2) for m in retrain],
-        splits.full,
-        splits.test,
-        batch_size,
-        engine,
-        progress.within("phase 2"),
-    )
+    phase2 = phase(2, retrain, splits.full, splits.test)
     stack2 = torch.stack([f.params for f in phase2])
 
     clean = {
