@@ -13,7 +13,7 @@ from mnistlab import api
 from mnistlab.cli import main
 from mnistlab.nn.mlp import Regularization, evaluate
 from mnistlab.spec import config
-from mnistlab.study import folder as run_folder
+from mnistlab.study import write as run_folder
 from mnistlab.study.folder import Run, RunFolder
 from mnistlab.study.plan import PlannedRun, seed_runs, stacks
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from mnistlab.cli import main
-from mnistlab.study import folder as run_folder
+from mnistlab.study import write as run_folder
 from mnistlab.study.folder import Run
 
 FAST = ["--epochs", "1", "--set", "train.batch_size=1000", "--no-compile", "--quiet"]

@@ -8,7 +8,7 @@ from mnistlab.nn import mlp as model
 from mnistlab.nn.mlp import Penalties, Regularization
 from mnistlab.spec import Architecture, EarlyStopping
 from mnistlab.spec import Hyperparameters as Member
-from mnistlab.study.folder import curve_marks
+from mnistlab.study.write import curve_marks
 from mnistlab.train.engine import Engine
 from mnistlab.train.fit import ADAM_EPSILON, StackState, Totals, _Stopper, fit, seed_for, train_step
 from mnistlab.train.protocol import streams, train_protocol

@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from mnistlab.nn.mlp import logits
 from mnistlab.spec import Architecture
@@ -105,6 +104,9 @@ def analyse(
     probabilities: torch.Tensor, labels: torch.Tensor, classes: list[str], top_pairs: int = 10, top_losses: int = 16
 ) -> Analysis:
     """Everything the report shows about one model's errors, from its test-set probabilities."""
+    # Here, not at the top: reading an analysis back (a report, a digit reader) needs no scikit-learn.
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
     probabilities, labels = probabilities.cpu().numpy(), labels.cpu().numpy()
     true_probability = probabilities[np.arange(len(labels)), labels]
     losses = -np.log(np.maximum(true_probability, np.finfo(np.float32).tiny))

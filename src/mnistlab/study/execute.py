@@ -10,8 +10,9 @@ import numpy as np
 import torch
 
 from mnistlab import __version__, data
-from mnistlab.study.folder import RunFolder, write_aggregate, write_run
+from mnistlab.study.folder import RunFolder
 from mnistlab.study.plan import PlannedRun, stacks, twins
+from mnistlab.study.write import write_aggregate, write_run
 from mnistlab.train.engine import Engine
 from mnistlab.train.progress import ProgressBars
 from mnistlab.train.protocol import train_protocol

@@ -14,36 +14,26 @@ Runs of several seeds of one experiment live in seed-K folders below a common fo
 aggregate.json (every metric's mean, standard deviation and 95% interval over the seeds) and the
 curves drawn as a mean with a band.
 
-A run folder is built beside its target and renamed into place when complete, so a folder with a
-metrics.json is a finished run and an interrupted one leaves nothing behind.
+A run folder is built beside its target and renamed into place when complete (`write`), so a folder
+with a metrics.json is a finished run and an interrupted one leaves nothing behind. Reading a run
+needs none of what writing it does (figures, scikit-learn): a digit reader loads fast.
 """
 
 import json
-import os
-import shutil
 import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from mnistlab.data import SPLITS, Dataset, size_label
 from mnistlab.errors import MnistlabError
-from mnistlab.evaluation import figures
-from mnistlab.evaluation.analysis import Analysis, analyse, error_images, predict
-from mnistlab.evaluation.statistics import summarise
-from mnistlab.files import temporary_sibling, write_atomic
+from mnistlab.evaluation.analysis import Analysis
 from mnistlab.nn import weights
-from mnistlab.nn.summary import summary
-from mnistlab.spec import Architecture, Experiment
-from mnistlab.spec.config import to_toml
+from mnistlab.spec import Architecture
 from mnistlab.study import claim
 from mnistlab.study.records import History, Metrics
-from mnistlab.train.fit import Fit
-from mnistlab.train.protocol import RunResult
 
 
 class RunFolder:
@@ -191,148 +181,3 @@ class Run:
 
     def analysis(self) -> Analysis:
         return self.folder.read_analysis()
-
-
-def write_run(
-    folder: RunFolder,
-    experiment: Experiment,
-    result: RunResult,
-    arch: Architecture,
-    dataset: Dataset,
-    environment: dict,
-    stack_size: int,
-) -> Metrics:
-    """Every file of one run, built beside `folder` and renamed into place whole: a full disk or an
-    interrupt leaves the folder as it was, and no part of the new one."""
-    try:
-        return _write_run(folder, experiment, result, arch, dataset, environment, stack_size)
-    except OSError as exc:
-        raise MnistlabError(f"{folder.path}: could not write the run ({exc.strerror or exc})") from None
-
-
-def _write_run(folder, experiment, result, arch, dataset, environment, stack_size) -> Metrics:
-    folder.path.parent.mkdir(parents=True, exist_ok=True)
-    building = RunFolder(temporary_sibling(folder.path, "building"))
-    building.path.mkdir()
-    try:
-        config = to_toml(experiment)
-        building.file(RunFolder.MARKER).write_text(claim.marker("run", config))
-        building.file(RunFolder.CONFIG).write_text(config)
-        building.file(RunFolder.HISTORY).write_text(History.of(result).to_csv())
-        building.file(RunFolder.SUMMARY).write_text(summary(arch, experiment.hyperparameters))
-        described = {
-            "preset": experiment.name,
-            "seed": experiment.seed,
-            "dataset": dataset.name,
-            "classes": list(dataset.classes),
-        }
-        weights.save(building.file(RunFolder.WEIGHTS), result.weights, arch, described)
-        model = {"architecture": asdict(arch), **described}
-        building.file(RunFolder.MODEL).write_text(json.dumps(model, indent=2) + "\n")
-        building.file(RunFolder.ENVIRONMENT).write_text(json.dumps(environment, indent=2) + "\n")
-        analysis = write_analysis(building, result, arch, dataset, f"{experiment.name} (seed {experiment.seed})")
-        metrics = Metrics.of(
-            result,
-            preset=experiment.name,
-            seed=experiment.seed,
-            dataset=dataset.name,
-            parameters=arch.num_params,
-            split_sizes=dataset.split_sizes(),
-            misclassified=len(analysis.misclassified),
-            stack_size=stack_size,
-        )
-        building.file(RunFolder.METRICS).write_text(json.dumps(metrics.to_json(), indent=2) + "\n")
-        _swap_into_place(building.path, folder.path)
-    finally:
-        shutil.rmtree(building.path, ignore_errors=True)
-    return metrics
-
-
-def write_analysis(folder: RunFolder, result: RunResult, arch: Architecture, dataset: Dataset, title: str) -> Analysis:
-    """The error analysis of the phase-2 model and the report's figures for one run."""
-    test_x, test_y = dataset.split("test")
-    sizes = dataset.split_sizes()
-    analysis = analyse(predict(result.weights.cpu(), arch, test_x), test_y, list(dataset.classes))
-    folder.file(RunFolder.ANALYSIS).write_text(json.dumps(analysis.to_dict(), indent=1) + "\n")
-    save_file(error_images(analysis, test_x, dataset.image_shape), folder.file(RunFolder.ERROR_IMAGES))
-    figures.validation_curves(
-        [result.phase1.history],
-        folder.file(RunFolder.VALIDATION_CURVES),
-        f"{title}: training on {size_label(sizes['train'])}",
-        curve_marks(result.phase1),
-    )
-    figures.retraining_curve(
-        [result.phase2.history],
-        folder.file(RunFolder.RETRAINING_CURVE),
-        f"{title}: retraining on {size_label(sizes['full'])}",
-    )
-    figures.misclassified_grid(
-        test_x.numpy(),
-        analysis.misclassified,
-        analysis.classes,
-        folder.file(RunFolder.MISCLASSIFIED),
-        f"{title}: the first 9 misclassified test images",
-    )
-    figures.per_class_bars(
-        analysis.per_class, folder.file(RunFolder.PER_CLASS), f"{title}: per-class scores on the test set"
-    )
-    figures.confusion_heatmap(
-        analysis.confusion,
-        analysis.classes,
-        folder.file(RunFolder.CONFUSION),
-        f"{title}: confusion matrix, normalised per true class",
-    )
-    return analysis
-
-
-def curve_marks(phase1: Fit) -> dict[str, float]:
-    """The epochs the validation curves mark: lowest validation loss, restored weights, early stop."""
-    losses = [e.eval_loss for e in phase1.history]
-    marks = {"lowest validation loss": 1 + losses.index(min(losses))}
-    if phase1.restored_best:
-        marks["restored best epoch"] = phase1.best_epoch
-    if phase1.stopped_early:
-        marks["early stop"] = phase1.epochs
-    return marks
-
-
-def _swap_into_place(building: Path, target: Path) -> None:
-    old = temporary_sibling(target, "old")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(building, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def write_aggregate(parent: RunFolder) -> dict:
-    """aggregate.json and banded curves for the seeds in `parent`: mean, std and 95% interval of every metric."""
-    runs = [Run.load(f) for f in parent.seeds()]
-    first = runs[0].metrics
-    aggregate = {
-        "preset": first.preset,
-        "dataset": first.dataset,
-        "parameters": first.parameters,
-        "seeds": [r.seed for r in runs],
-        **{
-            split: {
-                key: asdict(summarise([getattr(r.metrics.scores[split], key) for r in runs]))
-                for key in ("loss", "accuracy")
-            }
-            for split in SPLITS
-        },
-        "epochs": {phase: asdict(summarise([r.metrics.epochs[phase] for r in runs])) for phase in ("phase1", "phase2")},
-        "wall_seconds": asdict(summarise([r.metrics.wall_seconds for r in runs])),
-    }
-    name = f"{first.preset} ({len(runs)} seeds)"
-    figures.validation_curves(
-        [r.history.phase1 for r in runs],
-        parent.file(RunFolder.VALIDATION_CURVES),
-        f"{name}: training on {size_label(first.split_sizes['train'])}, mean and one standard deviation",
-    )
-    figures.retraining_curve(
-        [r.history.phase2 for r in runs],
-        parent.file(RunFolder.RETRAINING_CURVE),
-        f"{name}: retraining on {size_label(first.split_sizes['full'])}, mean and one standard deviation",
-    )
-    write_atomic(parent.file(RunFolder.AGGREGATE), json.dumps(aggregate, indent=2) + "\n")
-    return aggregate
