@@ -60,7 +60,7 @@ class Analysis:
     confusion: list[list[float]]  # rows: true class, normalised to sum to 1
     top_losses: list[TopLoss]  # highest loss first
     # The confidence (probability of the predicted class) that 99% of the test digits reach: a digit
-    # reader calls a prediction below it uncertain, which flags 1% of real digits and most scribbles.
+    # reader calls a prediction below it uncertain (1% of real digits; see the README for scribbles).
     confidence_threshold: float
 
     def to_dict(self) -> dict:
