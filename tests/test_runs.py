@@ -6,6 +6,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -30,7 +31,8 @@ def test_run_writes_a_complete_run_folder(tmp_path, data_env, mnist):
     assert main(["run", "provided", "--epochs", "1", "--no-compile", "--quiet", "--out", str(out)]) == 0
     written = {"config.toml", "environment.json", "history.csv", "metrics.json", "model.json", "summary.txt"}
     pictures = {"validation_curves.png", "retraining_curve.png", "misclassified.png", "per_class.png", "confusion.png"}
-    assert {p.name for p in out.iterdir()} == written | pictures | {"model.safetensors", "analysis.json"}
+    tensors = {"model.safetensors", "errors.safetensors"}
+    assert {p.name for p in out.iterdir()} == written | pictures | tensors | {"analysis.json", "mnistlab.json"}
     for picture in pictures:
         assert (out / picture).read_bytes().startswith(b"\x89PNG") and (out / picture).stat().st_size > 10_000
     assert [p.name for p in tmp_path.iterdir()] == ["provided"]  # nothing half-built left beside it
@@ -43,6 +45,12 @@ def test_run_writes_a_complete_run_folder(tmp_path, data_env, mnist):
     assert run.metrics.misclassified == round((1 - run.metrics.scores["test"].accuracy) * 10_000)
     assert [(e.epoch, len(h)) for h in (run.history.phase1, run.history.phase2) for e in h] == [(1, 1), (1, 1)]
     assert run.history.phase1[0].eval_loss == pytest.approx(run.metrics.scores["validation"].loss, rel=1e-4)
+    # The run keeps the test images behind its analysis: its report needs no data set.
+    images, analysis = run.folder.read_error_images(), run.analysis()
+    assert set(images) == {m.index for m in analysis.misclassified} | {t.index for t in analysis.top_losses}
+    test_images = mnist.split("test")[0]
+    for index in list(images)[:20]:
+        assert np.array_equal(images[index], (test_images[index] * 255).round().to(torch.uint8).view(28, 28).numpy())
 
     # The saved phase-2 model reproduces the test metrics.
     params, arch = run.folder.read_weights()
