@@ -107,7 +107,9 @@ def across_seeds(experiments: list[SeedErrors], accuracies: dict[str, float]) ->
             ),
         ]
         if common:
-            blocks.append(sound[0].grid(common, "stable errors of every experiment"))
+            blocks.append(
+                sound[0].grid(common, f"stable errors of every experiment (readings: {sound[0].label}'s seeds)")
+            )
     return blocks
 
 
