@@ -169,7 +169,8 @@ def confusion(errors: SeedErrors) -> list:
                 target = f"cm-{slug}-{i}-{j}"
                 cells.append(Link(f"{rate:.3f} ({counts[i, j]})", target))
                 digits = [m.index for m in analysis.misclassified if m.true == i and m.predicted == j]
-                title = f"{errors.label}: {counts[i, j]} test digits of class {classes[i]} read as {classes[j]}"
+                digit_word = "digit" if counts[i, j] == 1 else "digits"
+                title = f"{errors.label}: {counts[i, j]} test {digit_word} of class {classes[i]} read as {classes[j]}"
                 shown = [errors.images[k] for k in digits[:STRIP]]
                 reveals.append(Reveal(target, [Paragraph(title), InlineImage(digit_strip(shown), title)]))
             else:
