@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from mnistlab.errors import MnistlabError
+from mnistlab.spec import Architecture
 from mnistlab.train.choices import DEVICES, PRECISIONS
 
 
@@ -168,26 +169,24 @@ def available_memory(device: torch.device) -> int | None:
     return int(line.split()[1]) * 1024
 
 
-def training_bytes(shapes: list[tuple[int, int]], members: int, batch_rows: int, eval_rows: int) -> int:
-    """A generous estimate of the memory a stack of `members` models of these layer shapes needs in training.
+def training_bytes(arch: Architecture, members: int, batch_rows: int, eval_rows: int) -> int:
+    """A generous estimate of the memory a stack of `members` models of this architecture needs in training.
 
     Per member: the weights, Adam's two moments, a flat copy per epoch, best weights, the phase's result:
     eight copies of the parameters. Per step: each layer's input, output and their gradients over the
     batch's rows (a full batch in chunks of `batch_rows`), and the evaluation's activations.
     """
-    params = sum(n_in * n_out + n_out for n_in, n_out in shapes)
-    widths = sum(n_in + n_out for n_in, n_out in shapes)
-    activations = 4 * batch_rows * widths + 2 * eval_rows * max(max(shape) for shape in shapes)
-    return 4 * members * (8 * params + activations)
+    widths = sum(n_in + n_out for n_in, n_out in arch.shapes)
+    activations = 4 * batch_rows * widths + 2 * eval_rows * max(max(shape) for shape in arch.shapes)
+    return 4 * members * (8 * arch.num_params + activations)
 
 
-def check_memory(shapes: list[tuple[int, int]], members: int, batch_rows: int, eval_rows: int, device) -> None:
+def check_memory(arch: Architecture, members: int, batch_rows: int, eval_rows: int, device) -> None:
     """Refuse, before anything is allocated, a stack that would not fit in the device's memory."""
-    needed, free = training_bytes(shapes, members, batch_rows, eval_rows), available_memory(device)
+    needed, free = training_bytes(arch, members, batch_rows, eval_rows), available_memory(device)
     if free is not None and needed > free:
-        params = sum(n_in * n_out + n_out for n_in, n_out in shapes)
         raise MnistlabError(
-            f"{members} model{'s' if members > 1 else ''} of {params:,} parameters "
+            f"{members} model{'s' if members > 1 else ''} of {arch.num_params:,} parameters "
             f"need{'' if members > 1 else 's'} about {_size(needed)} "
             f"to train on {device.type}, and {_size(free)} is available; make the model smaller"
         )

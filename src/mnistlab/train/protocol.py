@@ -62,7 +62,7 @@ def train_protocol(
     """Both phases for a stack of members (see the module's docstring)."""
     progress = progress or ProgressBars.OFF
     step_rows = min(batch_size, len(splits.full[1])) if batch_size else full_batch_chunk_rows(len(members))
-    check_memory(arch.shapes, len(members), step_rows, eval_chunk_rows(arch, len(members)), engine.device)
+    check_memory(arch, len(members), step_rows, eval_chunk_rows(arch, len(members)), engine.device)
     start = time.perf_counter()
     reg = Regularization.of(arch, members, engine.device)
 
