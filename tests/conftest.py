@@ -38,6 +38,12 @@ def fashion_dir() -> Path:
     return _real_data_dir("fashion-mnist")
 
 
+@pytest.fixture
+def data_env(mnist_dir, monkeypatch):
+    """The real MNIST where the CLI looks for it."""
+    monkeypatch.setenv(data.ENV_VAR, str(mnist_dir))
+
+
 @pytest.fixture(scope="session")
 def mnist(mnist_dir) -> data.Dataset:
     return data.load("mnist", mnist_dir, progress=False)
@@ -69,3 +75,8 @@ def small_mnist(mnist) -> data.Dataset:
         test_labels=mnist.test_labels[:1000],
         validation_size=1000,
     )
+
+
+# Tests run with fixed settings, not a measured calibration: the same plan on every machine, and no
+# minute of measuring in the first test that trains. tests/test_calibration.py measures on purpose.
+os.environ.setdefault("MNISTLAB_CALIBRATION", "off")

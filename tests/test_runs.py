@@ -21,11 +21,6 @@ from mnistlab.study.plan import PlannedRun, seed_runs, stacks
 FAST = ["--set", "train.batch_size=1000", "--no-compile", "--quiet"]  # an epoch in a second or two
 
 
-@pytest.fixture
-def data_env(mnist_dir, monkeypatch):
-    monkeypatch.setenv("MNISTLAB_DATA", str(mnist_dir))
-
-
 def test_run_writes_a_complete_run_folder(tmp_path, data_env, mnist):
     out = tmp_path / "provided"
     assert main(["run", "provided", "--epochs", "1", "--no-compile", "--quiet", "--out", str(out)]) == 0
@@ -121,8 +116,7 @@ def _planned(name: str, seeds: int, overrides=()) -> list[PlannedRun]:
     return seed_runs(config.load(name, list(overrides)), RunFolder(Path("x") / name), seeds)
 
 
-def test_stacks_group_runs_that_can_share_a_step_balanced_within_the_row_budget(monkeypatch):
-    monkeypatch.setattr("mnistlab.study.plan.STACK_ROWS", {"cpu": 32 * 6})  # six models at batch 32
+def test_stacks_group_runs_that_can_share_a_step_balanced_within_the_row_budget():
     runs = [
         *_planned("powerful", 5),
         *_planned("dropout", 4),  # same architecture and batch: stacks with powerful
@@ -130,7 +124,7 @@ def test_stacks_group_runs_that_can_share_a_step_balanced_within_the_row_budget(
         *_planned("final-as-written", 2),  # a full batch: never stacked
         *_planned("powerful", 1, ["train.batch_size=64", "seed=9"]),  # another batch size
     ]
-    grouped = stacks(runs, torch.device("cpu"))
+    grouped = stacks(runs, rows=32 * 6)  # six models at batch 32
     wide = (128, 128, 64, 64, 32)
     shapes = Counter((s[0].experiment.hidden, s[0].experiment.batch_size, len(s)) for s in grouped)
     # Nine runs of one key make two balanced stacks, five and four, not six and three.
@@ -139,6 +133,14 @@ def test_stacks_group_runs_that_can_share_a_step_balanced_within_the_row_budget(
     assert all(len({r.experiment.lockstep_key() for r in s}) == 1 for s in grouped)
     nine = [s for s in grouped if s[0].experiment.hidden == wide and s[0].experiment.batch_size == 32]
     assert [[r.experiment.seed for r in s] for s in nine] == [[0, 0, 1, 1, 2], [2, 3, 3, 4]]  # whole seeds, in order
+    assert grouped[0] == nine[0]  # the most work first: the stack to start early
+
+
+def test_stacks_split_so_that_every_worker_has_one():
+    runs = [*_planned("powerful", 1), *_planned("dropout", 1), *_planned("l2", 1), *_planned("provided", 1)]
+    assert sorted(len(s) for s in stacks(runs, rows=512, workers=1)) == [1, 3]
+    assert sorted(len(s) for s in stacks(runs, rows=512, workers=2)) == [1, 1, 2]
+    assert sorted(len(s) for s in stacks(runs, rows=512, workers=8)) == [1, 1, 1, 1]
 
 
 def test_an_interrupted_run_leaves_nothing(tmp_path, data_env, monkeypatch):

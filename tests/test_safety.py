@@ -17,11 +17,6 @@ from mnistlab.study.folder import Run
 FAST = ["--epochs", "1", "--set", "train.batch_size=1000", "--no-compile", "--quiet"]
 
 
-@pytest.fixture
-def data_env(mnist_dir, monkeypatch):
-    monkeypatch.setenv("MNISTLAB_DATA", str(mnist_dir))
-
-
 def _one_line_error(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert err.startswith("mnistlab: error: ") and "\n" not in err and "Traceback" not in err, err

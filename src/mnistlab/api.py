@@ -8,16 +8,20 @@ calls these functions, nothing more.
     again = mnistlab.load_run("runs/final/seed-0")
 """
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mnistlab.errors import MnistlabError
 from mnistlab.reporting import build
 from mnistlab.spec import Experiment, config
 from mnistlab.study import claim
-from mnistlab.study.execute import execute
+from mnistlab.study.execute import Placement, execute
+from mnistlab.study.executors import CLUSTER_ENV_VAR
 from mnistlab.study.folder import Run, RunFolder
 from mnistlab.study.plan import PlannedRun, seed_runs
+from mnistlab.train import calibration
 from mnistlab.train.engine import Engine
 
 Log = Callable[[str], None]
@@ -30,6 +34,11 @@ def _quiet(_: str) -> None:
 def presets() -> dict[str, str]:
     """The shipped experiments: name -> description."""
     return {name: config.load(name).description for name in config.preset_names()}
+
+
+def calibrate(device: str = "auto", redo: bool = False, log: Log = _quiet) -> calibration.Calibration:
+    """How this machine trains fastest (see `train.calibration`): cached, or measured now; `redo` measures again."""
+    return calibration.calibration(Engine.create(device).device, redo=redo, log=log)
 
 
 def experiment(
@@ -54,8 +63,10 @@ class Options:
     overrides: `section.key=value` strings, as --set takes them; seed, epochs, dataset: shorthands for
     three of them. seeds: how many seeds of each experiment, trained in lockstep. data_dir: where the data
     set is (else $MNISTLAB_DATA or the user cache). overwrite: replace runs of mnistlab's of another config.
-    device, precision, compile: the engine (see `train.engine.Engine.create`). progress: Keras-like bars.
-    log: where to say what is being trained.
+    device, precision, compile: the engine (see `train.engine.Engine.create`). cluster: the address of a
+    Dask scheduler to train on (else $MNISTLAB_CLUSTER, else this machine). workers: local worker
+    processes (default: as the machine's calibration says). progress: Keras-like bars. log: where to say
+    what is being trained.
     """
 
     overrides: tuple[str, ...] = ()
@@ -68,6 +79,8 @@ class Options:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = True
+    cluster: str | None = None
+    workers: int | None = None
     progress: bool = False
     log: Log = _quiet
 
@@ -75,11 +88,16 @@ class Options:
         return experiment(preset, list(self.overrides), dataset=self.dataset, epochs=self.epochs, seed=self.seed)
 
     def train(self, planned: list[PlannedRun]) -> None:
-        engine = Engine.create(self.device, self.precision, self.compile)
+        if self.workers is not None and self.workers < 1:
+            raise MnistlabError(f"workers must be at least 1, got {self.workers}")
+        engine = Engine.create(self.device, self.precision, self.compile)  # checks the names before anything runs
+        cluster = self.cluster or os.environ.get(CLUSTER_ENV_VAR) or None
+        tuned = calibration.calibration(engine.device, log=self.log)
+        placement = Placement(self.device, self.precision, self.compile, tuned, cluster, self.workers)
         # Files in a --data-dir say which data set they are, unless a data set was named.
         identify = bool(self.data_dir and not self.dataset)
         data_dir = Path(self.data_dir) if self.data_dir else None
-        execute(planned, engine, data_dir, identify=identify, log=self.log, progress=self.progress)
+        execute(planned, placement, data_dir, identify=identify, log=self.log, progress=self.progress)
 
 
 def run(preset: str, *, out: Path | str | None = None, **options) -> list[Run]:

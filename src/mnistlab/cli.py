@@ -53,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     presets = commands.add_parser("presets", help="list the shipped experiment presets")
     presets.set_defaults(func=_presets)
 
+    calibrate = commands.add_parser("calibrate", help="how this machine trains fastest: measured once, cached")
+    calibrate.add_argument("--redo", action="store_true", help="measure again")
+    calibrate.add_argument("--device", choices=DEVICES, default="auto")
+    calibrate.set_defaults(func=_calibrate)
+
     run = commands.add_parser("run", help="train a preset or TOML config with the report's two-phase protocol")
     run.add_argument("preset", metavar="PRESET|FILE.toml")
     run.add_argument("--out", type=Path, default=None, help="run folder (default: runs/NAME)")
@@ -135,6 +140,15 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="run the training step eagerly instead of through torch.compile",
     )
+    parser.add_argument(
+        "--cluster",
+        default=None,
+        metavar="ADDRESS",
+        help="train on the Dask scheduler at ADDRESS, e.g. tcp://10.0.0.5:8786 (default: $MNISTLAB_CLUSTER)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, metavar="N", help="local worker processes (default: the calibration's)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     _data_options(parser)
 
@@ -165,6 +179,11 @@ def _presets(args: argparse.Namespace) -> None:
         print(f"{name:<18} {description}")
 
 
+def _calibrate(args: argparse.Namespace) -> None:
+    api = _training_library()
+    print(api.calibrate(args.device, redo=args.redo, log=print).describe())
+
+
 def _training(args: argparse.Namespace) -> dict:
     """The options `run` and `study` share, as the library takes them."""
     return {
@@ -178,6 +197,8 @@ def _training(args: argparse.Namespace) -> dict:
         "device": args.device,
         "precision": args.precision,
         "compile": args.compile,
+        "cluster": args.cluster,
+        "workers": args.workers,
         "progress": not args.quiet and sys.stderr.isatty(),
         "log": (lambda _: None) if args.quiet else print,
     }

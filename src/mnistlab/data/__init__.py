@@ -9,6 +9,7 @@ _DATASET = (
     "ENV_VAR",
     "SPLITS",
     "Dataset",
+    "PackedDataset",
     "Splits",
     "UnverifiedDataWarning",
     "cache_dir",

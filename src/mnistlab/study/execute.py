@@ -1,26 +1,40 @@
-"""Carry out a plan: load each data set once, train every stack with the protocol, write every run folder,
-and aggregate the seeds of multi-seed folders."""
+"""Carry out a plan: load each data set once, train every stack on an executor (this process, local
+worker processes or a Dask cluster), write every run folder as its stack comes back, and aggregate the
+seeds of multi-seed folders."""
 
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mnistlab import __version__, data
+from mnistlab.study.executors import StackOutcome, StackTask, executor
 from mnistlab.study.folder import RunFolder
 from mnistlab.study.plan import PlannedRun, stacks, twins
 from mnistlab.study.write import write_aggregate, write_run
-from mnistlab.train.engine import Engine
-from mnistlab.train.progress import ProgressBars
-from mnistlab.train.protocol import train_protocol
+from mnistlab.train.calibration import Calibration
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and how a plan trains: the engine by name (each worker resolves it), the machine's calibration,
+    and a Dask cluster's address or None. `workers` (None: the calibration's) local processes."""
+
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = True
+    tuned: Calibration | None = None
+    cluster: str | None = None
+    workers: int | None = None
 
 
 def execute(
     runs: list[PlannedRun],
-    engine: Engine,
+    placement: Placement,
     data_dir: Path | None = None,
     identify: bool = False,
     log: Callable[[str], None] = print,
@@ -35,52 +49,71 @@ def execute(
     for same in served.values():
         if len(same) > 1:
             log(f"{_names(same[1:])}: the same training as {_names(same[:1])}, trained once")
-    datasets: dict[tuple, data.Dataset] = {}
-    for stack in stacks([same[0] for same in served.values()], engine.device):
-        first = stack[0].experiment
-        source = (first.dataset, first.validation_size)
-        if source not in datasets:
-            datasets[source] = data.load(
-                None if identify else first.dataset, data_dir, validation_size=first.validation_size, progress=progress
-            )
-        dataset = datasets[source]
-        log(f"training {len(stack)} in lockstep on {dataset.name} ({engine.device}): {_names(stack)}")
-        arch = first.architecture(inputs=dataset.train_images.shape[1], classes=len(dataset.classes))
-        label = first.name if len(stack) == 1 else f"{len(stack)} models"
+    tuned = placement.tuned
+    workers = placement.workers or tuned.workers
+    with executor(placement.cluster, workers, tuned.threads, progress, log) as where:
+        plan = stacks([same[0] for same in served.values()], tuned.stack_rows, where.workers)
+        datasets = {}
+        for stack in plan:
+            first = stack[0].experiment
+            source = (first.dataset, first.validation_size)
+            if source not in datasets:
+                name = None if identify else first.dataset
+                datasets[source] = data.load(name, data_dir, validation_size=first.validation_size, progress=progress)
+        # Alone in this process, a stack takes the thread count that suits a stack alone.
+        threads = None if placement.cluster else tuned.threads_alone if len(plan) == 1 else tuned.threads
+        tasks = [_task(stack, datasets[_source(stack)], placement, threads) for stack in plan]
+        stack_of = {id(task): stack for task, stack in zip(tasks, plan, strict=True)}
+        for stack in plan:
+            log(f"training {len(stack)} in lockstep: {_names(stack)}")
         started = time.time()
-        results = train_protocol(
-            arch,
-            [r.experiment.hyperparameters for r in stack],
-            dataset.on(engine.device),
-            first.batch_size,
-            engine,
-            ProgressBars(label, enabled=progress),
-        )
-        for trained, result in zip(stack, results, strict=True):
-            for run in served[trained.experiment.training_key()]:
-                environment = _environment(engine, run.experiment.seed, result.seconds, started, len(stack))
-                metrics = write_run(run.folder, run.experiment, result, arch, dataset, environment, len(stack))
-                log(f"  {run.folder.path}: test accuracy {metrics.scores['test'].accuracy:.4f}")
+        for task, outcome in where.run(tasks, datasets):
+            stack = stack_of[id(task)]
+            dataset = datasets[task.source]
+            for trained, result in zip(stack, outcome.results, strict=True):
+                for run in served[trained.experiment.training_key()]:
+                    environment = _environment(outcome, run.experiment.seed, result.seconds, started, len(stack))
+                    metrics = write_run(run.folder, run.experiment, result, task.arch, dataset, environment, len(stack))
+                    log(f"  {run.folder.path}: test accuracy {metrics.scores['test'].accuracy:.4f}")
     for parent in dict.fromkeys(RunFolder(r.folder.path.parent) for r in runs if r.folder.is_seed_run):
         write_aggregate(parent)
+
+
+def _source(stack: list[PlannedRun]) -> tuple[str, int]:
+    return stack[0].experiment.dataset, stack[0].experiment.validation_size
+
+
+def _task(stack: list[PlannedRun], dataset: data.Dataset, placement: Placement, threads: int | None) -> StackTask:
+    first = stack[0].experiment
+    return StackTask(
+        arch=first.architecture(inputs=dataset.train_images.shape[1], classes=len(dataset.classes)),
+        members=tuple(r.experiment.hyperparameters for r in stack),
+        batch_size=first.batch_size,
+        source=_source(stack),
+        device=placement.device,
+        precision=placement.precision,
+        compile=placement.compile,
+        threads=threads,
+        label=first.name if len(stack) == 1 else f"{len(stack)} models",
+    )
 
 
 def _names(runs: list[PlannedRun]) -> str:
     return ", ".join(r.name for r in runs)
 
 
-def _environment(engine: Engine, seed: int, seconds: float, started: float, stack_size: int) -> dict:
-    device = engine.device
+def _environment(outcome: StackOutcome, seed: int, seconds: float, started: float, stack_size: int) -> dict:
+    engine = outcome.engine
     return {
         "mnistlab": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "platform": platform.platform(),
-        "processor": cpu_name(),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-        "threads": torch.get_num_threads(),
+        "host": outcome.host,
+        "device": str(engine.device),
+        "device_name": outcome.device_name,
+        "threads": outcome.threads,
         "compiled": engine.compile,
         "precision": engine.precision,
         "seed": seed,
@@ -88,13 +121,3 @@ def _environment(engine: Engine, seed: int, seconds: float, started: float, stac
         "wall_seconds": round(seconds, 3),
         "stack_size": stack_size,
     }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

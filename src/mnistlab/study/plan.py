@@ -8,8 +8,6 @@ of one stack: `stacks`.
 
 from dataclasses import dataclass
 
-import torch
-
 from mnistlab.errors import ConfigError
 from mnistlab.spec import Experiment
 from mnistlab.study.folder import RunFolder
@@ -43,18 +41,12 @@ def twins(runs: list[PlannedRun]) -> dict[tuple, list[PlannedRun]]:
     return groups
 
 
-# How many rows one lockstep step should process, members x batch size. Stacking amortises the per-step
-# cost of small batches; past the point where the stack's weights and Adam state leave the CPU's cache,
-# it costs more than it saves, and where that is depends on the CPU. Seconds per model-epoch of the final
-# model at batch 32 on 2 cores, by stack size:
-#   AMD EPYC:              1: 0.45, 2: 0.32, 4: 0.26, 7: 0.26, 10: 0.30, 14: 0.31, 35: 0.32
-#   Intel Xeon (AMX), now: 1: 0.59, 2: 0.48, 4: 0.38, 7: 0.37, 12: 0.32, 16: 0.31, 30: 0.37
-# 512 rows (16 members at batch 32) is what the machine this is tuned on wants. A GPU wants far more.
-STACK_ROWS = {"cpu": 512, "cuda": 8192}
+def stacks(runs: list[PlannedRun], rows: int, workers: int = 1) -> list[list[PlannedRun]]:
+    """Runs grouped into lockstep stacks: same lockstep key, balanced sizes, by seed.
 
-
-def stacks(runs: list[PlannedRun], device: torch.device) -> list[list[PlannedRun]]:
-    """Runs grouped into lockstep stacks: same lockstep key, balanced sizes within the row budget, by seed."""
+    A stack holds at most `rows` rows per step (members x batch size; the calibration measures what
+    pays), and a group splits into at least `workers` stacks where it has the runs, so that every
+    worker has a stack to train. The largest stacks come first: they are the ones to start early."""
     groups: dict[tuple, list[PlannedRun]] = {}
     for run in runs:
         groups.setdefault(run.experiment.lockstep_key(), []).append(run)
@@ -62,8 +54,13 @@ def stacks(runs: list[PlannedRun], device: torch.device) -> list[list[PlannedRun
     for group in groups.values():
         group.sort(key=lambda r: r.experiment.seed)  # stable: a stack holds whole seeds of the study
         batch = group[0].experiment.batch_size
-        limit = max(1, STACK_ROWS[device.type] // batch) if batch else 1  # a full batch needs no stacking
-        count = -(-len(group) // limit)
+        limit = max(1, rows // batch) if batch else 1  # a full batch needs no stacking
+        count = max(-(-len(group) // limit), min(len(group), workers))
         size = -(-len(group) // count)
         result += [group[i : i + size] for i in range(0, len(group), size)]
-    return result
+    return sorted(result, key=cost, reverse=True)
+
+
+def cost(stack: list[PlannedRun]) -> int:
+    """A stack's training work, in parameter-epochs: enough to order stacks by."""
+    return sum(r.experiment.hyperparameters.epochs * (sum(r.experiment.hidden) + 1) for r in stack)

@@ -13,6 +13,10 @@ from mnistlab.errors import MnistlabError
 from mnistlab.spec import Architecture
 from mnistlab.train.choices import DEVICES, PRECISIONS
 
+# Where bf16 is emulated (asked for with --precision bf16), from this size on, as AVX512-BF16 paid: the
+# layers that would gain most on hardware that has it.
+EMULATED_BF16_MIN_MACS = 1 << 21
+
 
 @dataclass(frozen=True)
 class Engine:
@@ -21,11 +25,18 @@ class Engine:
     device: torch.device = torch.device("cpu")
     compile: bool = True
     precision: str = "fp32"  # of the training matmuls: fp32 or bf16 (float32 accumulation, float32 weights)
+    # In bf16, the smallest layer that runs in bf16, in multiply-adds per model and batch; None: none does.
+    # A bf16 matmul pays only when its faster arithmetic outweighs what it costs per call on top of a
+    # float32 one (on CPU, oneDNN reorders the weights each call, and AMX also sets up its tiles), so the
+    # calibration measures it (`train.calibration`).
+    bf16_min_macs: int | None = EMULATED_BF16_MIN_MACS
 
     @classmethod
-    def create(cls, device: str = "auto", precision: str = "auto", compile: bool = True) -> "Engine":
+    def create(
+        cls, device: str = "auto", precision: str = "auto", compile: bool = True, bf16_min_macs: int | None = None
+    ) -> "Engine":
         """An engine for this machine: `auto` takes CUDA where PyTorch sees it, and bf16 where the device
-        multiplies it natively."""
+        multiplies it natively, in the layers of at least `bf16_min_macs` (the calibration's)."""
         if device not in DEVICES:
             raise MnistlabError(f"device {device!r}: expected one of {', '.join(DEVICES)}")
         if precision not in PRECISIONS:
@@ -33,26 +44,16 @@ class Engine:
         if device == "cuda" and not torch.cuda.is_available():
             raise MnistlabError("device cuda: PyTorch sees no CUDA device here")
         chosen = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
-        return cls(chosen, compile, resolve_precision(precision, chosen))
+        least = bf16_min_macs if bf16_hardware(chosen) else EMULATED_BF16_MIN_MACS
+        return cls(chosen, compile, resolve_precision(precision, chosen), least)
 
     def bf16_layers(self, shapes: list[tuple[int, int]], batch_rows: int) -> tuple[int, ...]:
         """The layers (of these (inputs, outputs) shapes) whose matmuls run in bf16 for a model trained on
         batches of `batch_rows` rows. Decided per model, never per stack, so that a model's precision does
         not depend on the runs it happens to train beside."""
-        if self.precision == "fp32":
+        if self.precision == "fp32" or self.bf16_min_macs is None:
             return ()
-        least = BF16_MIN_MACS[bf16_hardware(self.device)]
-        return tuple(i for i, (n_in, n_out) in enumerate(shapes) if batch_rows * n_in * n_out >= least)
-
-
-# A bf16 matmul pays only when its faster arithmetic outweighs what it costs per call on top of a
-# float32 one: on CPU, oneDNN reorders the weights each call, and AMX also sets up its tiles. The
-# smallest layer worth it, in multiply-adds per model and batch; measured on 2 cores, the final model,
-# seconds per epoch fp32 / bf16 for every layer of 2M multiply-adds or more:
-#   AMD EPYC, AVX512-BF16: batch 32 (3.2M in the first layer) 0.45 / 0.41, batch 128 0.34 / 0.28
-#   Intel Xeon, AMX: batch 32 0.70 / 0.85, batch 128 0.32 / 0.37, batch 1024 (103M) 0.21 / 0.16
-# No native bf16 (an explicit --precision bf16): emulated, as asked, with the AVX512-BF16 threshold.
-BF16_MIN_MACS = {"cuda": 0, "amx": 1 << 25, "avx512_bf16": 1 << 21, None: 1 << 21}
+        return tuple(i for i, (n_in, n_out) in enumerate(shapes) if batch_rows * n_in * n_out >= self.bf16_min_macs)
 
 
 def bf16_hardware(device: torch.device) -> str | None:
@@ -142,7 +143,8 @@ def _compiled(step_fn, args: tuple):
 
 def _signature(step_fn, args: tuple) -> tuple:
     """What a compiled step is specialised on: the step function with the values bound into it, and
-    every tensor's dtype, device, size and strides, but for the rows of the data (args 1 and 2)."""
+    every tensor's dtype, device, size and strides, but for the rows of the data (args 1 and 2), and the
+    thread count."""
 
     def describe(value, rows_vary=False):
         if isinstance(value, torch.Tensor):
@@ -155,7 +157,9 @@ def _signature(step_fn, args: tuple) -> tuple:
         return value
 
     bound = (step_fn.func, tuple(sorted(step_fn.keywords.items()))) if isinstance(step_fn, partial) else step_fn
-    return (bound, *(describe(arg, rows_vary=index in (1, 2)) for index, arg in enumerate(args)))
+    # Inductor writes its CPU kernels for the thread count of the moment (the calibration changes it).
+    threads = torch.get_num_threads()
+    return (bound, threads, *(describe(arg, rows_vary=index in (1, 2)) for index, arg in enumerate(args)))
 
 
 def available_memory(device: torch.device) -> int | None:

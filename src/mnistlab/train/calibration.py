@@ -1,0 +1,358 @@
+"""How this machine wants to train, measured on it once and cached: stack size, worker processes and
+threads, and the smallest matmul worth running in bf16.
+
+None of these is a property of the code. On an AMD EPYC (Zen 3, 2 vCPUs), one single-threaded process
+trains a stack of three final models 1.35 times as fast per core as one process of two threads, which
+suggests two processes; yet two such processes side by side each slowed to 0.55 of their speed alone,
+and one process of two threads won. So the calibration measures what it would decide between, as it
+would run: the real, compiled step of the final model on synthetic data, at a small and a large stack,
+in one process using every core and in one single-threaded process per core, side by side.
+
+The cache holds one file per machine (CPU or GPU model, core count, torch version) in the user cache.
+A file that does not parse, or that describes another machine, is ignored with a warning and measured
+again. What the calibration decides changes how runs group into stacks and how many threads multiply
+their matrices, so the last bits of their numbers (README, Determinism); on one machine with one cache
+a run gives the same bits every time. MNISTLAB_CALIBRATION=off skips it for fixed, unmeasured settings.
+"""
+
+import contextlib
+import hashlib
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from mnistlab.errors import MnistlabError
+from mnistlab.files import write_atomic
+from mnistlab.spec import Architecture, Hyperparameters
+from mnistlab.train.engine import Engine, bf16_hardware, flush_denormals
+
+ENV_VAR = "MNISTLAB_CALIBRATION"
+FORMAT = 1
+PROBE_ARCH = Architecture(784, (128, 128, 64, 64, 32))  # the lab's final model, which most runs are
+PROBE_BATCH = 32
+PROBE_MEMBERS = {"cpu": (4, 16), "cuda": (16, 256)}  # a small and a large stack
+PROBE_STEPS = 100
+
+
+class CalibrationWarning(UserWarning):
+    """A cached calibration was unreadable or another machine's, and is not used."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One measurement: `processes` side by side, each with `threads` threads, each training a stack of
+    `members` models; seconds per model and step of them all (the inverse of their summed speed)."""
+
+    processes: int
+    threads: int
+    members: int
+    seconds_per_model_step: float
+
+
+@dataclass(frozen=True)
+class Calibration:
+    machine: dict  # what the measurements hold for: device, cpu, cores, torch
+    workers: int  # processes that train stacks side by side (1: in this process)
+    threads: int  # per worker process
+    threads_alone: int  # for one stack alone in this process
+    stack_rows: int  # members x batch size of the largest stack worth training
+    bf16_min_macs: int | None  # the smallest layer (multiply-adds per batch) that pays in bf16; None: none does
+    probes: tuple[Probe, ...] = ()
+    seconds: float = 0.0  # what measuring took
+
+    def describe(self) -> str:
+        lines = [f"{key:<8} {value}" for key, value in self.machine.items()]
+        workers = "in this process" if self.workers == 1 else f"{self.workers} worker processes"
+        lines += [
+            f"workers  {workers}, {self.threads} thread{'s' if self.threads > 1 else ''} each"
+            f" ({self.threads_alone} for a stack alone)",
+            f"stacks   up to {self.stack_rows} rows per step ({self.stack_rows // PROBE_BATCH} models at batch 32)",
+            "bf16     "
+            + (
+                "no layer pays"
+                if self.bf16_min_macs is None
+                else f"layers of {self.bf16_min_macs:,} multiply-adds per batch or more"
+            ),
+        ]
+        if self.probes:
+            lines.append(
+                f"measured in {self.seconds:.0f} s, seconds per model and step of the final model at batch 32:"
+            )
+            lines += [
+                f"  {p.processes} process(es) of {p.threads} thread(s), {p.members:>3} models each: "
+                f"{p.seconds_per_model_step * 1e3:.3f} ms"
+                for p in self.probes
+            ]
+        else:
+            lines.append(f"not measured (${ENV_VAR}=off): fixed settings")
+        return "\n".join(lines)
+
+
+def machine(device: torch.device) -> dict:
+    """What a calibration is valid for."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    return {"device": device.type, "model": name, "cores": cores(), "torch": torch.__version__}
+
+
+def cores() -> int:
+    """The cores this process may run on (a container's limit, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def fixed(device: torch.device) -> Calibration:
+    """Settings that measure nothing: this process, every core, 512-row stacks, bf16 for large layers."""
+    rows = 8192 if device.type == "cuda" else 512
+    least = 0 if bf16_hardware(device) == "cuda" else 1 << 21
+    return Calibration(machine(device), 1, cores(), cores(), rows, least)
+
+
+def calibration(device: torch.device, redo: bool = False, log=print) -> Calibration:
+    """This machine's calibration: the cached one, or measured now (and cached) the first time or with `redo`."""
+    if os.environ.get(ENV_VAR, "").lower() == "off":
+        return fixed(device)
+    path = cache_path(device)
+    if not redo and (cached := read(path, machine(device))) is not None:
+        return cached
+    log(f"calibrating this machine once (cached in {path}; `mnistlab calibrate` shows it)")
+    measured = measure(device)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps({"format": FORMAT, **asdict(measured)}, indent=2) + "\n")
+    except OSError as exc:
+        warnings.warn(f"{path}: could not cache the calibration ({exc.strerror or exc})", CalibrationWarning, 2)
+    return measured
+
+
+def known(device: torch.device) -> Calibration:
+    """This machine's cached calibration, else the fixed settings; never measures (a worker's view)."""
+    if os.environ.get(ENV_VAR, "").lower() == "off":
+        return fixed(device)
+    return read(cache_path(device), machine(device)) or fixed(device)
+
+
+def cache_path(device: torch.device) -> Path:
+    from mnistlab.data import cache_dir  # the data stage's user cache; here, so that importing stays light
+
+    key = hashlib.sha256(json.dumps(machine(device), sort_keys=True).encode()).hexdigest()[:12]
+    return cache_dir() / "calibration" / f"{device.type}-{key}.json"
+
+
+def read(path: Path, expected: dict) -> Calibration | None:
+    """The calibration cached at `path` if it is a well-formed one of the `expected` machine, else None
+    (with a warning, unless there is no file)."""
+    if not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+        if stored.pop("format") != FORMAT:
+            raise ValueError("another format")
+        probes = tuple(Probe(**p) for p in stored.pop("probes"))
+        found = Calibration(**stored, probes=probes)
+        numbers = (found.workers, found.threads, found.threads_alone, found.stack_rows)
+        if not all(isinstance(n, int) and n >= 1 for n in numbers):
+            raise ValueError("counts must be positive integers")
+        if not (found.bf16_min_macs is None or isinstance(found.bf16_min_macs, int)):
+            raise ValueError("bf16_min_macs must be an integer or null")
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        warnings.warn(f"{path}: ignoring an unreadable calibration ({exc}); measuring again", CalibrationWarning, 3)
+        return None
+    if found.machine != expected:
+        warnings.warn(f"{path}: ignoring the calibration of another machine ({found.machine})", CalibrationWarning, 3)
+        return None
+    return found
+
+
+def measure(device: torch.device) -> Calibration:
+    """Time the compiled training step in probe processes and decide (see the module's docstring).
+
+    Every probe process compiles its steps at once, which overlaps the compiling; then the timings run
+    one group at a time: the single-threaded processes together, the one using every core alone, and
+    one single-threaded process alone."""
+    start = time.perf_counter()
+    all_cores = cores() if device.type == "cpu" else 1
+    sizes = PROBE_MEMBERS[device.type]
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: no threads or state of ours
+    every = _ProbeProcess(context, device, max(all_cores, 1), sizes)
+    singles = [_ProbeProcess(context, device, 1, sizes) for _ in range(all_cores)] if all_cores > 1 else []
+    try:
+        for probe in (every, *singles):
+            probe.wait_ready()
+        probes = []
+        for members in sizes:
+            probes.append(Probe(1, all_cores, members, _together([every], members)))
+            if singles:
+                probes.append(Probe(all_cores, 1, members, _together(singles, members)))
+        if singles:
+            probes.append(Probe(1, 1, sizes[0], _together(singles[:1], sizes[0])))
+    finally:
+        for probe in (every, *singles):
+            probe.close()
+    workers, threads, threads_alone, members = decide(tuple(probes), all_cores)
+    return Calibration(
+        machine(device),
+        workers,
+        threads,
+        threads_alone,
+        members * PROBE_BATCH,
+        _bf16_min_macs(device),
+        tuple(probes),
+        time.perf_counter() - start,
+    )
+
+
+def decide(probes: tuple[Probe, ...], all_cores: int) -> tuple[int, int, int, int]:
+    """(workers, threads per worker, threads for a stack alone, members per stack) from the probes.
+
+    One single-threaded process per core wins when, side by side, they train more than 10% faster than
+    one process using every core (a process costs its own compile and its own copy of the data). A larger
+    stack wins only by more than 5%: a smaller one splits the work more evenly over the workers."""
+
+    def best(processes: int, threads: int) -> Probe | None:
+        mine = [p for p in probes if (p.processes, p.threads) == (processes, threads)]
+        if not mine:
+            return None
+        fastest = min(p.seconds_per_model_step for p in mine)
+        return min((p for p in mine if p.seconds_per_model_step <= 1.05 * fastest), key=lambda p: p.members)
+
+    shared, spread, single = best(1, all_cores), best(all_cores, 1), best(1, 1)
+    threads_alone = all_cores
+    if single is not None and all_cores > 1:
+        same_size = [p for p in probes if (p.processes, p.threads, p.members) == (1, all_cores, single.members)]
+        if same_size and single.seconds_per_model_step < same_size[0].seconds_per_model_step:
+            threads_alone = 1
+    if spread is not None and all_cores > 1 and spread.seconds_per_model_step * 1.1 < shared.seconds_per_model_step:
+        return all_cores, 1, threads_alone, spread.members
+    return 1, all_cores, threads_alone, shared.members
+
+
+def _together(group: list["_ProbeProcess"], members: int) -> float:
+    """Seconds per model-step of the group's processes timing a stack of `members` at once: the inverse
+    of their summed speed."""
+    for probe in group:
+        probe.connection.send(members)
+    return 1 / sum(1 / probe.connection.recv() for probe in group)
+
+
+class _ProbeProcess:
+    """A process that compiles the probe step for each stack size, then times one when asked."""
+
+    def __init__(self, context, device: torch.device, threads: int, sizes: tuple[int, ...]):
+        self.connection, theirs = context.Pipe()
+        self.process = context.Process(target=_probe_main, args=(theirs, str(device), threads, sizes), daemon=True)
+        self.process.start()
+
+    def wait_ready(self) -> None:
+        message = self.connection.recv()
+        if message != "ready":
+            raise MnistlabError(f"calibration: a probe process failed ({message})")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.connection.send(None)
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+def _probe_main(connection, device_name: str, threads: int, sizes: tuple[int, ...]) -> None:
+    try:
+        torch.set_num_threads(threads)
+        flush_denormals()
+        steps = {members: _compiled_stack(torch.device(device_name), members) for members in sizes}
+    except Exception as exc:  # the parent names it in one line
+        connection.send(f"{type(exc).__name__}: {exc}")
+        return
+    connection.send("ready")
+    while (members := connection.recv()) is not None:
+        connection.send(_seconds_per_model_step(steps[members], members))
+
+
+def _compiled_stack(device: torch.device, members: int):
+    """A warm, compiled training step of a stack of the probe model, as a no-argument callable."""
+    from mnistlab.train.fit import Totals, _Lockstep
+    from mnistlab.train.protocol import streams
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(4096, PROBE_ARCH.inputs, generator=generator).to(device)
+    y = torch.randint(0, PROBE_ARCH.classes, (4096,), generator=generator).to(device)
+    stack_members = [Hyperparameters(seed=s, learning_rate=1e-4, epochs=1, dropout=0.1) for s in range(members)]
+    seeds = [streams(m, 1) for m in stack_members]
+    stack = _Lockstep(PROBE_ARCH, stack_members, seeds, (x, y), PROBE_BATCH, Engine(device, precision="fp32"))
+    totals = Totals(torch.zeros(members, device=device), torch.zeros(members, device=device))
+    batch = torch.randint(0, 4096, (members, PROBE_BATCH), generator=generator).to(device)
+
+    def step():
+        stack.compiled(stack.state, x, y, batch, totals)
+
+    for _ in range(10):  # the first compiles
+        step()
+    _sync(device)
+    return step
+
+
+def _seconds_per_model_step(step, members: int) -> float:
+    device = torch.device("cuda") if torch.cuda.is_initialized() else torch.device("cpu")
+    rounds = []
+    for _ in range(3):
+        _sync(device)
+        started = time.perf_counter()
+        for _ in range(PROBE_STEPS):
+            step()
+        _sync(device)
+        rounds.append((time.perf_counter() - started) / PROBE_STEPS / members)
+    return min(rounds)
+
+
+def _bf16_min_macs(device: torch.device) -> int | None:
+    """The smallest of the probe model's layers (at batches of 32 to 4,096 rows) whose matmul is at least
+    10% faster in bf16 than in float32, as multiply-adds; None where none is (or bf16 is not native)."""
+    hardware = bf16_hardware(device)
+    if hardware is None:
+        return None
+    if hardware == "cuda":
+        return 0
+    sizes = sorted(
+        (rows * n_in * n_out, rows, n_in, n_out) for rows in (32, 256, 4096) for n_in, n_out in PROBE_ARCH.shapes
+    )
+    for macs, rows, n_in, n_out in sizes:
+        a, b = torch.rand(1, rows, n_in), torch.rand(1, n_in, n_out)
+        fp32 = _matmul_seconds(a, b)
+        bf16 = _matmul_seconds(a.to(torch.bfloat16), b)
+        if bf16 < 0.9 * fp32:
+            return macs
+    return None
+
+
+def _matmul_seconds(a: torch.Tensor, b: torch.Tensor) -> float:
+    b = b.to(a.dtype)
+    torch.bmm(a, b)
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(20):
+            torch.bmm(a, b).float()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
