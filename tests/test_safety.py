@@ -8,8 +8,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from mnistlab.cli import main
 from mnistlab.study import write as run_folder
 from mnistlab.study.folder import Run

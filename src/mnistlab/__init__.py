@@ -1,12 +1,13 @@
 """mnistlab: the classic MLP study of MNIST, reproduced from one command, measured and explained.
 
-The Python API is the command line's: `run`, `study`, `report`, `load_run`, `load_runs`, `presets`
-(see `mnistlab.api`). They load on first use, so that `import mnistlab.spec` stays free of torch.
+The Python API is the command line's: `run`, `study`, `sweep`, `report`, `calibrate`, `load_run`,
+`load_runs`, `presets`, `sweeps` (see `mnistlab.api`). They load on first use, so that
+`import mnistlab.spec` stays free of torch.
 """
 
 __version__ = "0.1.0"
 
-API = ("load_run", "load_runs", "presets", "report", "run", "study")
+API = ("calibrate", "load_run", "load_runs", "presets", "report", "run", "study", "sweep", "sweeps")
 __all__ = ["__version__", *API]
 
 

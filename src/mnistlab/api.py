@@ -13,10 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnistlab.errors import MnistlabError
+from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.reporting import build
 from mnistlab.spec import Experiment, config
+from mnistlab.spec import sweep as sweep_spec
 from mnistlab.study import claim
+from mnistlab.study import sweep as sweeping
 from mnistlab.study.execute import Placement, execute
 from mnistlab.study.executors import CLUSTER_ENV_VAR
 from mnistlab.study.folder import Run, RunFolder
@@ -48,12 +50,13 @@ def experiment(
     dataset: str | None = None,
     epochs: int | None = None,
     seed: int | None = None,
+    last: list[str] = (),
 ) -> Experiment:
-    """A preset or TOML file, resolved, with `key=value` overrides and the shorthands applied last."""
+    """A preset or TOML file, resolved, with `key=value` overrides, then the shorthands, then `last`."""
     shorthands = [f'dataset="{dataset}"'] if dataset else []
     shorthands += [f"train.epochs={epochs}"] if epochs is not None else []
     shorthands += [f"seed={seed}"] if seed is not None else []
-    return config.load(preset, [*overrides, *shorthands])
+    return config.load(preset, [*overrides, *shorthands, *last])
 
 
 @dataclass(frozen=True)
@@ -84,8 +87,10 @@ class Options:
     progress: bool = False
     log: Log = _quiet
 
-    def experiment(self, preset: str) -> Experiment:
-        return experiment(preset, list(self.overrides), dataset=self.dataset, epochs=self.epochs, seed=self.seed)
+    def experiment(self, preset: str, first: list[str] = (), last: list[str] = ()) -> Experiment:
+        """The preset with `first`, then these options' overrides, then `last` applied."""
+        overrides = [*first, *self.overrides]
+        return experiment(preset, overrides, dataset=self.dataset, epochs=self.epochs, seed=self.seed, last=last)
 
     def train(self, planned: list[PlannedRun]) -> None:
         if self.workers is not None and self.workers < 1:
@@ -142,14 +147,66 @@ def study(presets: list[str] | None = None, *, out: Path | str = "study", **opti
         planned = [
             p for spec in specs for p in _claim_runs(spec, RunFolder(out / spec.name), options.seeds, options.overwrite)
         ]
-        todo = [p for p in planned if not _finished_as_planned(p)]
-        if len(todo) < len(planned):
-            options.log(f"{len(planned) - len(todo)} of {len(planned)} runs already finished in {out}")
-        if todo:
-            options.train(todo)
+        _train_unfinished(planned, options, out)
         html, md = build.build([out], out / "report.html")
     options.log(f"report: {html} (and {md.name})")
     return [Run.load(p.folder) for p in planned]
+
+
+def sweeps() -> dict[str, str]:
+    """The shipped sweeps: name -> description."""
+    return {name: sweep_spec.load(name).description for name in sweep_spec.sweep_names()}
+
+
+def sweep(name_or_file: str, *, out: Path | str | None = None, **options) -> list[Run]:
+    """Train every point of a sweep (a shipped one or a sweep TOML file), `seeds` seeds each, skipping
+    runs already finished in `out` (default sweeps/NAME); then `sweep.csv` and the report
+    (`out`/report.html) with its validation curve. Returns every run. `options` are those of `Options`:
+    the sweep's `set` comes first, these options' overrides next, each point's values last."""
+    options = Options(**options)
+    spec = sweep_spec.load(name_or_file)
+    out = Path(out or Path("sweeps") / spec.name)
+
+    def runs_of(point: sweep_spec.Point, folder: RunFolder) -> list[PlannedRun]:
+        spec_of_point = options.experiment(spec.base, first=list(spec.overrides), last=point.overrides())
+        return _claim_runs(spec_of_point, folder, options.seeds, options.overwrite)
+
+    _check_points(spec, options)
+    with claim.lock(out):
+        claim.prepare(out, "sweep", overwrite=options.overwrite)
+        if spec.search.method == "optuna":
+            tuned = calibration.calibration(Engine.create(options.device).device, log=options.log)
+            batch = options.experiment(spec.base, first=list(spec.overrides)).batch_size
+            per_round = (max(1, tuned.stack_rows // batch) if batch else 1) * tuned.workers
+            points = sweeping.search(spec, out, runs_of, lambda runs: _train_unfinished(runs, options, out), per_round)
+        else:
+            points = sweeping.plan(spec.points(), out, runs_of)
+            _train_unfinished([run for p in points for run in p.runs], options, out)
+        sweeping.write_record(spec, out, points)
+        table = sweeping.write_table(out)
+        html, md = build.build([out], out / "report.html")
+    options.log(f"{table}, and the report: {html} (and {md.name})")
+    return [Run.load(run.folder) for p in points for run in p.runs]
+
+
+def _check_points(spec: sweep_spec.Sweep, options: Options) -> None:
+    """Every point's config, or for a search each axis' bounds, checked before anything is written."""
+    points = spec.points() or [
+        sweep_spec.Point(tuple(sweep_spec.draw(axis, u) for axis in spec.axes)) for u in (0.0, 1.0)
+    ]
+    for point in points:
+        try:
+            options.experiment(spec.base, first=list(spec.overrides), last=point.overrides())
+        except MnistlabError as exc:
+            raise ConfigError(f"sweep {spec.name}, point {point.label}: {exc}") from None
+
+
+def _train_unfinished(planned: list[PlannedRun], options: Options, out: Path) -> None:
+    todo = [p for p in planned if not _finished_as_planned(p)]
+    if len(todo) < len(planned):
+        options.log(f"{len(planned) - len(todo)} of {len(planned)} runs already finished in {out}")
+    if todo:
+        options.train(todo)
 
 
 def _finished_as_planned(run: PlannedRun) -> bool:

@@ -70,6 +70,15 @@ def _parser() -> argparse.ArgumentParser:
     _training_options(study)
     study.set_defaults(func=_study)
 
+    sweep = commands.add_parser("sweep", help="train a sweep's points and draw its validation curve")
+    sweep.add_argument("sweep", metavar="SWEEP|FILE.toml")
+    sweep.add_argument("--out", type=Path, default=None, help="sweep folder (default: sweeps/NAME)")
+    _training_options(sweep)
+    sweep.set_defaults(func=_sweep)
+
+    sweeps = commands.add_parser("sweeps", help="list the shipped sweeps")
+    sweeps.set_defaults(func=_sweeps)
+
     report = commands.add_parser("report", help="write the HTML report (and its Markdown twin) for run folders")
     report.add_argument("folders", nargs="+", type=Path, metavar="RUN_DIR", help="run, multi-seed or study folders")
     report.add_argument("--out", type=Path, default=Path("report.html"), help="HTML file (default: report.html)")
@@ -221,6 +230,18 @@ def _run(args: argparse.Namespace) -> None:
 def _study(args: argparse.Namespace) -> None:
     api = _training_library()
     api.study(args.presets, out=args.out, **_training(args))
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    api = _training_library()
+    api.sweep(args.sweep, out=args.out, **_training(args))
+
+
+def _sweeps(args: argparse.Namespace) -> None:
+    from mnistlab import api
+
+    for name, description in api.sweeps().items():
+        print(f"{name:<20} {description}")
 
 
 def _report(args: argparse.Namespace) -> None:

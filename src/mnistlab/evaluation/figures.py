@@ -248,3 +248,86 @@ def digit_strip(images: list[np.ndarray], scale: int = 2) -> bytes:
     out = io.BytesIO()
     PILImage.fromarray(row).resize((row.shape[1] * scale, row.shape[0] * scale), PILImage.NEAREST).save(out, "PNG")
     return out.getvalue()
+
+
+@dataclass(frozen=True)
+class SweepCurve:
+    """A one-axis sweep as its validation curve draws it: per point, (mean, low, high) over seeds."""
+
+    name: str  # the swept key
+    x: list  # the points' values: numbers, or labels such as "full"
+    curves: dict[str, tuple[list, list]]  # "loss" / "error" -> (training, validation) bands
+    best: int  # index of the point of lowest validation loss
+    lab: list  # the values the lab report used
+    regions: dict[str, list[int]]  # "high bias" / "high variance" -> indices of points
+
+
+REGION_COLOURS = {"high bias": "#ff7f0e", "high variance": "#9467bd"}
+
+
+def sweep_curve(curve: SweepCurve, path: Path, title: str) -> None:
+    """Training and validation loss and error against the swept value (log where it spans decades), seed
+    means with their 95% band, the best point starred, the lab's values dashed, bias and variance shaded,
+    as scikit-learn's ValidationCurveDisplay with the lab's protocol."""
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in curve.x)
+    xs = np.asarray(curve.x, dtype=float) if numeric else np.arange(len(curve.x), dtype=float)
+    log = numeric and xs.min() > 0 and xs.max() / xs.min() >= 20
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    for ax, (metric, (train, validation)) in zip(fig.subplots(1, 2), curve.curves.items(), strict=True):
+        for band, label, colour in ((train, "training", TRAIN_COLOUR), (validation, "validation", EVAL_COLOUR)):
+            mean = np.array([b[0] for b in band])
+            ax.plot(xs, mean, "o-", color=colour, label=f"{label} {metric}", markersize=4)
+            if all(b[1] is not None for b in band):
+                ax.fill_between(xs, [b[1] for b in band], [b[2] for b in band], color=colour, alpha=0.2, linewidth=0)
+        ax.plot(
+            xs[curve.best], validation[curve.best][0], "*", color="k", markersize=14, label="best (validation loss)"
+        )
+        for index, value in enumerate(v for v in curve.lab if v in curve.x):
+            ax.axvline(xs[curve.x.index(value)], color="0.3", linestyle="--", linewidth=1,
+                       label="the lab's values" if index == 0 else None)  # fmt: skip
+        for region, indices in curve.regions.items():
+            for i in indices:
+                left = (xs[i - 1] * xs[i]) ** 0.5 if log and i else (xs[i - 1] + xs[i]) / 2 if i else xs[i]
+                right = (xs[i] * xs[i + 1]) ** 0.5 if log and i + 1 < len(xs) else (
+                    (xs[i] + xs[i + 1]) / 2 if i + 1 < len(xs) else xs[i])  # fmt: skip
+                ax.axvspan(left, right, color=REGION_COLOURS[region], alpha=0.12, linewidth=0,
+                           label=region if i == indices[0] else None)  # fmt: skip
+        if all(b[0] > 0 for b in (*train, *validation)):
+            ax.set_yscale("log")
+        if log:
+            ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(xs, [str(v) for v in curve.x])
+        ax.set_xlabel(curve.name)
+        ax.set_ylabel(metric)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+@dataclass(frozen=True)
+class SweepGrid:
+    """A two-axis sweep: validation error per (row, column) value, None where no run finished."""
+
+    row_name: str
+    column_name: str
+    rows: list[str]
+    columns: list[str]
+    values: list[list[float | None]]
+
+
+def sweep_heatmap(grid: SweepGrid, path: Path, title: str) -> None:
+    table = np.array([[np.nan if v is None else v for v in row] for row in grid.values], dtype=float)
+    fig = Figure(figsize=(1.2 * len(grid.columns) + 3, 0.6 * len(grid.rows) + 2), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(table, cmap="viridis_r", aspect="auto")
+    for (r, c), value in np.ndenumerate(table):
+        if not np.isnan(value):
+            ax.text(c, r, f"{value:.2%}", ha="center", va="center", fontsize=8, color="w")
+    ax.set_xticks(range(len(grid.columns)), grid.columns)
+    ax.set_yticks(range(len(grid.rows)), grid.rows)
+    ax.set_xlabel(grid.column_name)
+    ax.set_ylabel(grid.row_name)
+    fig.colorbar(image, ax=ax, label="validation error")
+    ax.set_title(title)
+    _save(fig, path)

@@ -21,7 +21,7 @@ from mnistlab.errors import MnistlabError
 from mnistlab.evaluation import figures
 from mnistlab.evaluation.statistics import PAIRED, Summary, summarise
 from mnistlab.files import MARK, write_atomic
-from mnistlab.reporting import errors
+from mnistlab.reporting import errors, sweeps
 from mnistlab.reporting.document import (
     Bullets,
     Flagged,
@@ -348,18 +348,25 @@ def build(paths: list[Path], out: Path) -> tuple[Path, Path]:
     written, then a MnistlabError says how many were left out.
     """
     problems: list[str] = []
-    experiments = discover(paths, problems)
+    swept = [Path(p) for p in paths if sweeps.is_sweep(Path(p))]
+    experiments = discover([p for p in paths if Path(p) not in swept], problems)
     for problem in problems:
         warnings.warn(problem, stacklevel=2)
-    if not experiments:
+    if not experiments and not swept:
         raise MnistlabError("no run could be read: nothing to report")
     out = Path(out)
     md = out.with_suffix(".md")
     chart = out.with_name(out.stem + ".accuracy.png")
-    for path in (out, md, chart):
+    curves = [out.with_name(f"{out.stem}.sweep-{i}.png") for i in range(len(swept))]
+    for path in (out, md, chart, *curves):
         if (path.exists() or path.is_symlink()) and not _is_ours(path):
             raise MnistlabError(f"{path}: exists and is not a report of mnistlab's; choose another --out")
-    _write(experiments, out, md, chart)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    blocks = _experiment_blocks(experiments, chart) if experiments else [Heading(1, "mnistlab report")]
+    for folder, curve in zip(swept, curves, strict=True):
+        blocks += sweeps.section(folder, curve)
+    write_atomic(out, to_html(blocks))
+    write_atomic(md, to_markdown(blocks, md.parent))
     if problems:
         raise MnistlabError(f"{len(problems)} folder(s) left out of {out}: see the warnings above")
     return out, md
@@ -375,10 +382,9 @@ def _is_ours(path: Path) -> bool:
     return MARK.encode() in head
 
 
-def _write(experiments: list[ExperimentRuns], out: Path, md: Path, chart: Path) -> None:
+def _experiment_blocks(experiments: list[ExperimentRuns], chart: Path) -> list:
     on_mnist = all(e.runs[0].metrics.dataset == "mnist" for e in experiments)
     reference = load_reference() if on_mnist else {}
-    out.parent.mkdir(parents=True, exist_ok=True)
     figures.accuracy_comparison(
         [
             figures.AccuracyRow(
@@ -424,5 +430,4 @@ def _write(experiments: list[ExperimentRuns], out: Path, md: Path, chart: Path) 
     blocks.append(Heading(2, "Runs"))
     for e, found in zip(experiments, seed_errors, strict=True):
         blocks += _run_blocks(e, found)
-    write_atomic(out, to_html(blocks))
-    write_atomic(md, to_markdown(blocks, md.parent))
+    return blocks

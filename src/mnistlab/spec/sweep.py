@@ -118,7 +118,9 @@ def draw(axis: Axis, u: float) -> tuple[str, object]:
 
 def sweep_names() -> list[str]:
     return sorted(
-        p.name.removesuffix(".toml") for p in resources.files("mnistlab.spec.sweeps").iterdir() if p.name.endswith(".toml")
+        p.name.removesuffix(".toml")
+        for p in resources.files("mnistlab.spec.sweeps").iterdir()
+        if p.name.endswith(".toml")
     )
 
 
@@ -153,7 +155,7 @@ def _build(name: str, table: dict, origin: str) -> Sweep:
             raise ConfigError(f"{origin}: {key} must be a string")
     overrides = table.get("set", [])
     if not (isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)):
-        raise ConfigError(f"{origin}: set must be a list of \"key=value\" strings")
+        raise ConfigError(f'{origin}: set must be a list of "key=value" strings')
     search = _search(table.get("search", {}), origin)
     if not isinstance(table["axis"], list) or not table["axis"]:
         raise ConfigError(f"{origin}: a sweep needs at least one [[axis]]")
@@ -187,7 +189,7 @@ def _search(table, origin: str) -> Search:
     if drawn and not (isinstance(search.trials, int) and search.trials > 0):
         raise ConfigError(f"{origin}: search.trials must be a positive integer, got {search.trials!r}")
     if search.storage is not None and search.method != "optuna":
-        raise ConfigError(f"{origin}: search.storage is for method = \"optuna\" only")
+        raise ConfigError(f'{origin}: search.storage is for method = "optuna" only')
     return search
 
 
@@ -196,10 +198,10 @@ def _axis(table, search: Search, where: str) -> Axis:
         raise ConfigError(f"{where}: must be a table")
     _known(table, AXIS_KEYS, where, "[[axis]]")
     if ("key" in table) == ("keys" in table):
-        raise ConfigError(f"{where}: give key = \"section.name\", or keys = [...] for keys varied together")
+        raise ConfigError(f'{where}: give key = "section.name", or keys = [...] for keys varied together')
     keys = tuple(table["keys"]) if "keys" in table else (table["key"],)
     if not keys or not all(isinstance(k, str) and k for k in keys):
-        raise ConfigError(f"{where}: keys must be config keys such as \"model.l2\"")
+        raise ConfigError(f'{where}: keys must be config keys such as "model.l2"')
     if swept := [k for k in keys if k.rpartition(".")[2] in NOT_SWEPT]:
         raise ConfigError(f"{where}: {swept[0]} cannot be swept (seeds: --seeds)")
     forms = [f for f in ("values", "range", "log_range", "uniform", "log_uniform") if f in table]

@@ -16,6 +16,7 @@ from mnistlab.study.executors import StackOutcome, StackTask, executor
 from mnistlab.study.folder import RunFolder
 from mnistlab.study.plan import PlannedRun, stacks, twins
 from mnistlab.study.write import write_aggregate, write_run
+from mnistlab.train import calibration
 from mnistlab.train.calibration import Calibration
 
 
@@ -51,7 +52,7 @@ def execute(
             log(f"{_names(same[1:])}: the same training as {_names(same[:1])}, trained once")
     tuned = placement.tuned
     workers = placement.workers or tuned.workers
-    with executor(placement.cluster, workers, tuned.threads, progress, log) as where:
+    with executor(placement.cluster, workers, max(1, calibration.cores() // workers), progress, log) as where:
         plan = stacks([same[0] for same in served.values()], tuned.stack_rows, where.workers)
         datasets = {}
         for stack in plan:
@@ -60,8 +61,7 @@ def execute(
             if source not in datasets:
                 name = None if identify else first.dataset
                 datasets[source] = data.load(name, data_dir, validation_size=first.validation_size, progress=progress)
-        # Alone in this process, a stack takes the thread count that suits a stack alone.
-        threads = None if placement.cluster else tuned.threads_alone if len(plan) == 1 else tuned.threads
+        threads = _threads(placement, tuned, where.workers, len(plan))
         tasks = [_task(stack, datasets[_source(stack)], placement, threads) for stack in plan]
         stack_of = {id(task): stack for task, stack in zip(tasks, plan, strict=True)}
         for stack in plan:
@@ -77,6 +77,16 @@ def execute(
                     log(f"  {run.folder.path}: test accuracy {metrics.scores['test'].accuracy:.4f}")
     for parent in dict.fromkeys(RunFolder(r.folder.path.parent) for r in runs if r.folder.is_seed_run):
         write_aggregate(parent)
+
+
+def _threads(placement: Placement, tuned: Calibration, workers: int, stacks: int) -> int | None:
+    """Threads per stack: a cluster's workers decide (None); local workers share the cores; this process
+    takes every core, or what suits a stack alone when it trains just one."""
+    if placement.cluster:
+        return None
+    if workers > 1:
+        return max(1, calibration.cores() // workers)
+    return tuned.threads_alone if stacks == 1 else calibration.cores()
 
 
 def _source(stack: list[PlannedRun]) -> tuple[str, int]:

@@ -1,0 +1,224 @@
+"""A sweep's section of the report: its validation curve (or, over two axes, a heat map of validation
+error), and a sentence that tests the lab report's claim against the curve.
+
+Reading the curve. The best point has the lowest mean validation loss (never the test set's). Seed noise
+is each point's 95% interval of mean validation loss: points whose interval overlaps the best's are
+"within seed noise" of it. A point has high bias where its training loss is more than a quarter above
+the best point's validation loss (it fits the training set clearly worse than the best model
+generalises), and high variance where
+its validation loss exceeds its training loss by more than twice the best point's gap and lies above the
+best's interval.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from mnistlab.evaluation import figures
+from mnistlab.evaluation.statistics import Summary, summarise
+from mnistlab.reporting.document import Heading, Image, Paragraph, Table
+from mnistlab.study import claim
+from mnistlab.study.sweep import RECORD, read_rows
+
+
+def is_sweep(folder: Path) -> bool:
+    found = claim.read_marker(folder) if (folder / RECORD).is_file() else None
+    return found is not None and found["kind"] == "sweep"
+
+
+@dataclass(frozen=True)
+class PointSummary:
+    """A point of the sweep over its seeds."""
+
+    label: str  # its folder
+    settings: dict  # config key -> value
+    seeds: int
+    train_loss: Summary
+    validation_loss: Summary
+    train_error: Summary
+    validation_error: Summary
+
+    @property
+    def gap(self) -> float:
+        return self.validation_loss.mean - self.train_loss.mean
+
+    def interval(self) -> tuple[float, float]:
+        loss = self.validation_loss
+        return (loss.low, loss.high) if loss.low is not None else (loss.mean, loss.mean)
+
+
+@dataclass(frozen=True)
+class Reading:
+    best: PointSummary
+    within_noise: list[PointSummary]
+    high_bias: list[PointSummary]
+    high_variance: list[PointSummary]
+
+
+def summarise_points(folder: Path) -> tuple[dict, list[PointSummary]]:
+    """The sweep's record and a summary per point trained, in the record's order."""
+    record, rows = read_rows(folder)
+    points = []
+    for entry in record["points"]:
+        mine = [r for r in rows if r.point == entry["folder"]]
+        if not mine:
+            continue
+
+        def over_seeds(split: str, error: bool, mine=mine) -> Summary:
+            return summarise([1 - r.scores[split][1] if error else r.scores[split][0] for r in mine])
+
+        points.append(
+            PointSummary(
+                entry["folder"],
+                mine[0].settings,
+                len(mine),
+                over_seeds("train", False),
+                over_seeds("validation", False),
+                over_seeds("train", True),
+                over_seeds("validation", True),
+            )
+        )
+    return record, points
+
+
+def read_curve(points: list[PointSummary]) -> Reading:
+    best = min(points, key=lambda p: p.validation_loss.mean)
+    low, high = best.interval()
+    within = [p for p in points if p.interval()[0] <= high and p.interval()[1] >= low]
+    bias = [p for p in points if p.train_loss.mean > 1.25 * best.validation_loss.mean]
+    variance = [p for p in points if p.gap > 2 * best.gap and p.interval()[0] > high and p not in bias]
+    return Reading(best, within, bias, variance)
+
+
+def x_value(value):
+    """A setting as a number on the curve's axis: a one-width `hidden` is its width."""
+    if isinstance(value, list) and len(value) == 1:
+        return value[0]
+    return value
+
+
+def sentence(record: dict, points: list[PointSummary], reading: Reading) -> str:
+    """What the curve says, in the terms of the lab's claim."""
+    key = record["axes"][0][0]
+    name = key.rpartition(".")[2]
+
+    def values(group: list[PointSummary]) -> str:
+        shown = [_show(x_value(p.settings[key])) for p in group]
+        return shown[0] if len(shown) == 1 else f"{shown[0]} to {shown[-1]}"
+
+    best = reading.best
+    parts = [
+        f"The lowest validation loss is at {name} = {_show(x_value(best.settings[key]))} "
+        f"({best.validation_loss.mean:.4f}, validation error {best.validation_error.mean:.2%})"
+    ]
+    if best.seeds < 2:
+        parts.append("with one seed, seed noise is unknown: run with --seeds 3 or more to tell points apart")
+    elif len(reading.within_noise) > 1:
+        parts.append(f"{name} from {values(reading.within_noise)} is within seed noise of it")
+    if reading.high_bias:
+        parts.append(
+            f"at {values(reading.high_bias)} training loss is well above that best validation loss and close to "
+            "its own validation loss: high bias"
+        )
+    if reading.high_variance:
+        parts.append(
+            f"at {values(reading.high_variance)} validation loss exceeds training loss by more than twice the "
+            "best point's gap: high variance"
+        )
+    text = "; ".join(parts) + "."
+    lab = record["lab"].get(key) or next(iter(record["lab"].values()), None)
+    if lab:
+        verdicts = []
+        for value in lab:
+            point = next((p for p in points if x_value(p.settings[key]) == value), None)
+            if point is not None:
+                verdicts.append(f"{_show(value)}: {_where(point, reading)}")
+        if verdicts:
+            text += " The report's values: " + "; ".join(verdicts) + "."
+    return text
+
+
+def _where(point: PointSummary, reading: Reading) -> str:
+    if point is reading.best:
+        return "the best point"
+    if point in reading.high_bias:
+        return "high bias"
+    if point in reading.high_variance:
+        return "high variance"
+    if point in reading.within_noise and point.seeds > 1:
+        return "within seed noise of the best"
+    return f"validation loss {point.validation_loss.mean:.4f}, above the best"
+
+
+def _show(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def section(folder: Path, figure_path: Path) -> list:
+    """The report's blocks for the sweep in `folder`; its figure is drawn to `figure_path`."""
+    record, points = summarise_points(folder)
+    title = f"Sweep: {record['name']}"
+    if not points:
+        return [Heading(2, title), Paragraph(f"{folder}: no point has finished yet.")]
+    blocks = [Heading(2, title), Paragraph(record["description"])]
+    if record["claim"]:
+        blocks.append(Paragraph(f"The lab report: \u201c{record['claim']}\u201d"))
+    keys = [key for axis in record["axes"] for key in axis]
+    if len(record["axes"]) == 2:
+        figures.sweep_heatmap(_grid(record, points), figure_path, f"{record['name']}: validation error")
+        best = min(points, key=lambda p: p.validation_loss.mean)
+        settings = ", ".join(f"{k.rpartition('.')[2]} = {_show(x_value(best.settings[k]))}" for k in keys)
+        found = f"The lowest validation loss is at {settings} ({best.validation_loss.mean:.4f})."
+        blocks += [Image(figure_path, f"heat map of validation error, {record['name']}"), Paragraph(found)]
+    else:
+        reading = read_curve(points)
+        figures.sweep_curve(_curve(record, points, reading), figure_path, f"{record['name']}: validation curve")
+        blocks += [
+            Image(figure_path, f"validation curve, {record['name']}"),
+            Paragraph(sentence(record, points, reading)),
+        ]
+    header = [*(k.rpartition(".")[2] for k in keys), "seeds", "train loss", "validation loss", "validation error"]
+    rows = [
+        [*(_show(x_value(p.settings[k])) for k in keys), str(p.seeds), f"{p.train_loss.mean:.4f}",
+         _with_interval(p.validation_loss), f"{p.validation_error.mean:.2%}"]
+        for p in points
+    ]  # fmt: skip
+    return [*blocks, Table(header, rows), Paragraph(f"Every run: {folder / 'sweep.csv'}.")]
+
+
+def _with_interval(summary: Summary) -> str:
+    if summary.low is None:
+        return f"{summary.mean:.4f}"
+    return f"{summary.mean:.4f} ({summary.low:.4f}-{summary.high:.4f})"
+
+
+def _curve(record: dict, points: list[PointSummary], reading: Reading) -> figures.SweepCurve:
+    key = record["axes"][0][0]
+    return figures.SweepCurve(
+        name=key.rpartition(".")[2],
+        x=[x_value(p.settings[key]) for p in points],
+        curves={
+            "loss": (_band(p.train_loss for p in points), _band(p.validation_loss for p in points)),
+            "error": (_band(p.train_error for p in points), _band(p.validation_error for p in points)),
+        },
+        best=points.index(reading.best),
+        lab=[x_value(v) for v in record["lab"].get(key, next(iter(record["lab"].values()), []))],
+        regions={"high bias": [points.index(p) for p in reading.high_bias],
+                 "high variance": [points.index(p) for p in reading.high_variance]},
+    )  # fmt: skip
+
+
+def _band(summaries) -> list[tuple[float, float | None, float | None]]:
+    return [(s.mean, s.low, s.high) for s in summaries]
+
+
+def _grid(record: dict, points: list[PointSummary]) -> figures.SweepGrid:
+    first, second = record["axes"][0][0], record["axes"][1][0]
+    rows = list(dict.fromkeys(json.dumps(p.settings[first]) for p in points))
+    columns = list(dict.fromkeys(json.dumps(p.settings[second]) for p in points))
+    values = [[None] * len(columns) for _ in rows]
+    for p in points:
+        row, column = rows.index(json.dumps(p.settings[first])), columns.index(json.dumps(p.settings[second]))
+        values[row][column] = p.validation_error.mean
+    labels = [[_show(x_value(json.loads(v))) for v in axis] for axis in (rows, columns)]
+    return figures.SweepGrid(first.rpartition(".")[2], second.rpartition(".")[2], *labels, values)
