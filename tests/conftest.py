@@ -17,7 +17,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 def _real_data_dir(name: str) -> Path:
     env = os.environ.get(data.ENV_VAR)
-    candidates = [Path(env)] if env and name == "mnist" else []
+    candidates = [Path(env).resolve()] if env and name == "mnist" else []  # tests run commands elsewhere
     candidates.append(SHARED_DATA / name)
     for folder in candidates:
         if (folder / "train-images-idx3-ubyte.gz").is_file():
