@@ -41,7 +41,7 @@ def plan(stacks: int, members: int, epochs: int) -> list[StackTask]:
 
 def seconds(tasks: list[StackTask], workers: int, dataset) -> float:
     started = time.perf_counter()
-    with executor(None, workers, 1, False, lambda _: None) as where:
+    with executor(None, workers, False, lambda _: None) as where:
         assert len(list(where.run(tasks, {("mnist", 10_000): dataset}))) == len(tasks)
     return time.perf_counter() - started
 

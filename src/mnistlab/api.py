@@ -98,7 +98,7 @@ class Options:
         engine = Engine.create(self.device, self.precision, self.compile)  # checks the names before anything runs
         cluster = self.cluster or os.environ.get(CLUSTER_ENV_VAR) or None
         tuned = calibration.calibration(engine.device, log=self.log)
-        placement = Placement(self.device, self.precision, self.compile, tuned, cluster, self.workers)
+        placement = Placement(tuned, self.device, self.precision, self.compile, cluster, self.workers)
         # Files in a --data-dir say which data set they are, unless a data set was named.
         identify = bool(self.data_dir and not self.dataset)
         data_dir = Path(self.data_dir) if self.data_dir else None

@@ -34,6 +34,7 @@ from itertools import product
 from pathlib import Path
 
 from mnistlab.errors import ConfigError
+from mnistlab.spec.config import toml_value
 
 TOP_KEYS = ("description", "claim", "base", "set", "lab", "axis", "search")
 AXIS_KEYS = ("key", "keys", "values", "range", "log_range", "points", "uniform", "log_uniform")
@@ -69,7 +70,7 @@ class Point:
         return ",".join(f"{key.rpartition('.')[2]}={_text(value)}" for key, value in self.settings)
 
     def overrides(self) -> list[str]:
-        return [f"{key}={_toml(value)}" for key, value in self.settings]
+        return [f"{key}={toml_value(value)}" for key, value in self.settings]
 
 
 @dataclass(frozen=True)
@@ -256,13 +257,3 @@ def _text(value) -> str:
     if isinstance(value, list):
         return "-".join(map(str, value))
     return str(value)
-
-
-def _toml(value) -> str:
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        return "[" + ", ".join(map(_toml, value)) + "]"
-    return repr(value)

@@ -22,13 +22,13 @@ from mnistlab.train.calibration import Calibration
 
 @dataclass(frozen=True)
 class Placement:
-    """Where and how a plan trains: the engine by name (each worker resolves it), the machine's calibration,
+    """Where and how a plan trains: the machine's calibration, the engine by name (each worker resolves it),
     and a Dask cluster's address or None. `workers` (None: the calibration's) local processes."""
 
+    tuned: Calibration
     device: str = "auto"
     precision: str = "auto"
     compile: bool = True
-    tuned: Calibration | None = None
     cluster: str | None = None
     workers: int | None = None
 
@@ -52,15 +52,14 @@ def execute(
             log(f"{_names(same[1:])}: the same training as {_names(same[:1])}, trained once")
     tuned = placement.tuned
     workers = placement.workers or tuned.workers
-    with executor(placement.cluster, workers, max(1, calibration.cores() // workers), progress, log) as where:
+    with executor(placement.cluster, workers, progress, log) as where:
         plan = stacks([same[0] for same in served.values()], tuned.stack_rows, where.workers)
         datasets = {}
         for stack in plan:
-            first = stack[0].experiment
-            source = (first.dataset, first.validation_size)
+            name, validation_size = source = _source(stack)
             if source not in datasets:
-                name = None if identify else first.dataset
-                datasets[source] = data.load(name, data_dir, validation_size=first.validation_size, progress=progress)
+                name = None if identify else name
+                datasets[source] = data.load(name, data_dir, validation_size=validation_size, progress=progress)
         threads = _threads(placement, tuned, where.workers, len(plan))
         tasks = [_task(stack, datasets[_source(stack)], placement, threads) for stack in plan]
         stack_of = {id(task): stack for task, stack in zip(tasks, plan, strict=True)}

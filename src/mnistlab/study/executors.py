@@ -177,10 +177,10 @@ def _result(future, task: StackTask) -> StackOutcome:
 
 @contextlib.contextmanager
 def executor(
-    cluster: str | None, workers: int, threads: int, progress: bool, log: Callable[[str], None]
+    cluster: str | None, workers: int, progress: bool, log: Callable[[str], None]
 ) -> Iterator[InProcess | OnDask]:
-    """The executor for a plan: the Dask cluster at `cluster`; else `workers` local worker processes of
-    `threads` threads each, when more than one; else this process."""
+    """The executor for a plan: the Dask cluster at `cluster`; else `workers` local worker processes, when
+    more than one; else this process. Each task says how many threads it trains with."""
     if cluster:
         with _connect(cluster) as client:
             log(f"training on the Dask cluster at {cluster} ({OnDask(client).workers} workers)")
@@ -188,7 +188,7 @@ def executor(
     elif workers > 1:
         from distributed import Client, LocalCluster
 
-        log(f"training in {workers} worker processes of {threads} thread{'s' if threads > 1 else ''} each")
+        log(f"training in {workers} local worker processes")
         # Loopback only, no dashboard: nothing listens beyond this machine.
         with (
             LocalCluster(
