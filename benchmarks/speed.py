@@ -10,7 +10,8 @@ before anything starts a thread: what one measurement leaves behind (TensorFlow'
 threads started without the flush) would slow the next by 10-15%.
 
     python benchmarks/speed.py [--data-dir DIR] [--batches 32 128 1024 full] [--stacks 1 7]
-                               [--precisions fp32 bf16] [--epochs 4] [--keras] [--study [--keep DIR]]
+                               [--precisions fp32 bf16] [--epochs 4] [--device cpu|cuda]
+                               [--keras] [--study [--keep DIR]]
 """
 
 import argparse
@@ -41,25 +42,28 @@ def epoch_gflop(arch: Architecture, train_rows: int, eval_rows: int) -> float:
     return 2 * (train_rows * (3 * weights - first) + eval_rows * weights) / 1e9
 
 
-def matmul_rate(dtype: torch.dtype, size: int = 4096, repeats: int = 5) -> float:
+def matmul_rate(dtype: torch.dtype, device: torch.device, size: int = 4096, repeats: int = 5) -> float:
     """Sustained GFLOP/s of one large square matmul, median of `repeats`."""
-    a, b = torch.rand(size, size).to(dtype), torch.rand(size, size).to(dtype)
+    a, b = (torch.rand(size, size, device=device).to(dtype) for _ in "ab")
     a @ b
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
-def mnistlab_epoch(dataset, batch: int | None, stack: int, precision: str, epochs: int) -> float:
+def mnistlab_epoch(dataset, batch: int | None, stack: int, precision: str, epochs: int, device: str) -> float:
     members = [
         Hyperparameters(seed=s, learning_rate=1e-4, epochs=epochs, input_dropout=0.1, dropout=0.1) for s in range(stack)
     ]
     seeds = [streams(m, phase=1) for m in members]
-    engine = Engine(precision=precision)
-    fits = fit(FINAL, members, seeds, dataset.split("train"), dataset.split("validation"), batch, engine)
+    engine = Engine.create(device, precision)
+    train, validation = (tuple(t.to(engine.device) for t in dataset.split(s)) for s in ("train", "validation"))
+    fits = fit(FINAL, members, seeds, train, validation, batch, engine)
     return statistics.median(e.seconds for e in fits[0].history[1:])
 
 
@@ -89,7 +93,7 @@ def keras_epoch(dataset, batch: int | None, epochs: int) -> float:
 
 def measure(what: list[str], args: argparse.Namespace) -> list[float]:
     """Run `--measure WHAT...` in a fresh process of this script and return the numbers it prints."""
-    command = [sys.executable, __file__, "--measure", *what, "--epochs", str(args.epochs)]
+    command = [sys.executable, __file__, "--measure", *what, "--epochs", str(args.epochs), "--device", args.device]
     command += ["--data-dir", str(args.data_dir)] if args.data_dir else []
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
@@ -99,22 +103,24 @@ def measure(what: list[str], args: argparse.Namespace) -> list[float]:
 
 def measure_here(what: list[str], args: argparse.Namespace) -> list[float]:
     if what == ["matmul"]:
-        return [matmul_rate(torch.float32), matmul_rate(torch.bfloat16)]
+        device = Engine.create(args.device).device
+        return [matmul_rate(torch.float32, device), matmul_rate(torch.bfloat16, device)]
     dataset = data.load("mnist", args.data_dir, progress=False)
     engine, batch_name, *rest = what
     batch = None if batch_name == "full" else int(batch_name)
     if engine == "keras":
         return [keras_epoch(dataset, batch, args.epochs)]
     stack, precision = rest
-    return [mnistlab_epoch(dataset, batch, int(stack), precision, args.epochs)]
+    return [mnistlab_epoch(dataset, batch, int(stack), precision, args.epochs, args.device)]
 
 
-def command_seconds(args: list[str], data_dir: Path | None, precision: str, keep: Path | None) -> float:
+def command_seconds(args: list[str], data_dir: Path | None, precision: str, keep: Path | None, device: str) -> float:
     """Wall time of one `mnistlab` command writing into a fresh folder (compiled kernels stay cached)."""
     with tempfile.TemporaryDirectory() as scratch:
         out = keep / "-".join(a.lstrip("-") for a in args) if keep else Path(scratch) / "out"
         command = [sys.executable, "-m", "mnistlab.cli", *args, "--out", str(out), "--quiet"]
         command += ["--precision", precision] + (["--data-dir", str(data_dir)] if data_dir else [])
+        command += ["--device", device]
         start = time.perf_counter()
         subprocess.run(command, check=True)
         return time.perf_counter() - start
@@ -127,6 +133,7 @@ def main() -> None:
     parser.add_argument("--stacks", nargs="+", type=int, default=[1, 7])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--epochs", type=int, default=4, help="per measurement; the first is not counted")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--keras", action="store_true", help="also tf.keras (needs tensorflow)")
     parser.add_argument("--study", action="store_true", help="also time study and run final, 1 and 5 seeds")
     parser.add_argument("--keep", type=Path, default=None, help="keep what those commands write, below this folder")
@@ -139,6 +146,8 @@ def main() -> None:
 
     fp32, bf16 = measure(["matmul"], args)
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.device == "cuda":
+        print(f"device: {torch.cuda.get_device_name()}")
     print(f"sustained matmul (4096^2): fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.0f} GFLOP/s")
     gflop = epoch_gflop(FINAL, 50_000, 10_000)
     print(f"one epoch of the final model: {gflop:.1f} GFLOP (50k training rows, 10k validation rows)")
@@ -163,8 +172,8 @@ def main() -> None:
         print()
         for precision in args.precisions:
             for name, command in (("mnistlab study", ["study"]), ("mnistlab run final", ["run", "final"])):
-                one = command_seconds(command, args.data_dir, precision, args.keep)
-                five = command_seconds([*command, "--seeds", "5"], args.data_dir, precision, args.keep)
+                one = command_seconds(command, args.data_dir, precision, args.keep, args.device)
+                five = command_seconds([*command, "--seeds", "5"], args.data_dir, precision, args.keep, args.device)
                 print(f"{name} ({precision}): 1 seed {one:.0f} s, 5 seeds {five:.0f} s ({five / one:.2f}x)", flush=True)
 
 

@@ -32,6 +32,7 @@ class Regularization:
     dropout: torch.Tensor
     l1: torch.Tensor
     l2: torch.Tensor
+    label_smoothing: torch.Tensor
 
     @classmethod
     def of(cls, arch: Architecture, members: list[Hyperparameters], device: torch.device) -> "Regularization":
@@ -40,7 +41,12 @@ class Regularization:
             dropout=torch.tensor(rates, dtype=torch.float32, device=device),
             l1=torch.tensor([m.l1 for m in members], dtype=torch.float32, device=device),
             l2=torch.tensor([m.l2 for m in members], dtype=torch.float32, device=device),
+            label_smoothing=torch.tensor([m.label_smoothing for m in members], dtype=torch.float32, device=device),
         )
+
+    def smoothing(self) -> bool:
+        """Whether any member smooths its labels: a compiled step without it keeps the plain targets."""
+        return bool(self.label_smoothing.any())
 
     def penalties(self) -> "Penalties":
         return Penalties(l1=bool(self.l1.any()), l2=bool(self.l2.any()))
@@ -103,9 +109,19 @@ def _activation_grad(a: torch.Tensor, activation: str) -> torch.Tensor:
     return 1 - a * a
 
 
+def crop(x: torch.Tensor, arch: Architecture) -> torch.Tensor:
+    """Images (..., inputs) without the border the architecture cuts: (..., features). Images that
+    arrive cropped (distorted training images, `train.augment`) pass as they are."""
+    if x.shape[-1] == arch.features:
+        return x
+    side, cut = arch.side, arch.crop
+    square = x.reshape(*x.shape[:-1], side, side)[..., cut : side - cut, cut : side - cut]
+    return square.reshape(*x.shape[:-1], arch.features)
+
+
 def logits(params: torch.Tensor, arch: Architecture, x: torch.Tensor) -> torch.Tensor:
     """(M, n, classes) logits of every member for inputs x of shape (n, inputs), dropout off."""
-    h = x
+    h = crop(x, arch)
     for index, (kernel, bias) in enumerate(layers(params, arch)):
         z = torch.matmul(h, kernel) + bias  # (n, in) @ (M, in, out) broadcasts over members
         h = _activate(z, arch.activation) if index < len(arch.hidden) else z
@@ -227,6 +243,7 @@ def batch_grads(
     dropout_members: tuple[tuple[int, ...], ...],
     bf16_layers: tuple[int, ...] = (),
     first_row=0,
+    smoothing: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The data term of one training batch for every member, summed over its rows: cross-entropy (M,),
     correct predictions (M,), and per layer the gradient of the cross-entropy as (kernel (M, in, out),
@@ -237,11 +254,12 @@ def batch_grads(
     counted from `first_row`) and added up. `dropout_members` (see `Regularization.dropout_members`)
     says which members drop out before each layer; no other member draws masks there. The layers in
     `bf16_layers` run their matmuls in bf16, as autocast would: their input is rounded once, for the
-    forward matmul and the kernel gradient alike. All else stays float32.
+    forward matmul and the kernel gradient alike. All else stays float32. With `smoothing`, each
+    member's targets are smoothed by its `reg.label_smoothing`, and the loss is against those targets.
     """
     num_layers = len(weights)
     inputs, masks, outputs = [], {}, []  # per layer: what fed the kernel, (members, dropout scales), activations
-    h = x
+    h = crop(x, arch)
     for index, (kernel, bias) in enumerate(weights):
         dropping = dropout_members[index]
         if dropping:
@@ -262,7 +280,12 @@ def batch_grads(
     log_probs = torch.log_softmax(h, dim=-1)
     nll = -log_probs.gather(-1, y.unsqueeze(-1)).squeeze(-1)
     correct = (h.argmax(-1) == y).sum(1)
-    grad_z = log_probs.exp() - torch.nn.functional.one_hot(y, arch.classes).to(h.dtype)
+    target = torch.nn.functional.one_hot(y, arch.classes).to(h.dtype)
+    if smoothing:
+        amount = reg.label_smoothing.view(-1, 1, 1)
+        target = target * (1 - amount) + amount / arch.classes
+        nll = -(target * log_probs).sum(-1)
+    grad_z = log_probs.exp() - target
 
     grads = []
     for index in reversed(range(num_layers)):

@@ -31,7 +31,9 @@ def load(path: Path) -> tuple[torch.Tensor, Architecture]:
         with safe_open(path, framework="pt") as f:
             spec = json.loads(f.metadata()["architecture"])
             tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
-        arch = Architecture(spec["inputs"], tuple(spec["hidden"]), spec["classes"], spec["activation"])
+        arch = Architecture(
+            spec["inputs"], tuple(spec["hidden"]), spec["classes"], spec["activation"], spec.get("crop", 0)
+        )
         parts = [tensors[f"dense_{i}.{part}"].flatten() for i in range(len(arch.shapes)) for part in ("kernel", "bias")]
     except (OSError, SafetensorError, KeyError, ValueError, TypeError) as exc:
         raise MnistlabError(f"{path}: not a mnistlab model ({exc})") from None

@@ -4,10 +4,21 @@ spec can be read, checked and planned anywhere (the CLI, a sweep planner, a clus
 from mnistlab.spec.experiment import (
     ACTIVATIONS,
     MONITORS,
+    SCHEDULES,
     Architecture,
+    Augmentation,
     EarlyStopping,
     Experiment,
     Hyperparameters,
 )
 
-__all__ = ["ACTIVATIONS", "MONITORS", "Architecture", "EarlyStopping", "Experiment", "Hyperparameters"]
+__all__ = [
+    "ACTIVATIONS",
+    "MONITORS",
+    "SCHEDULES",
+    "Architecture",
+    "Augmentation",
+    "EarlyStopping",
+    "Experiment",
+    "Hyperparameters",
+]

@@ -17,11 +17,23 @@ ConfigError naming the key.
     dropout = 0.0                  # dropout after each hidden layer, before the next Dense layer
     l1 = 0.0                       # kernel penalties, Keras semantics
     l2 = 0.0
+    crop = 0                       # pixels cut from each side of the image before the first layer
 
     [train]
     epochs = 50
     batch_size = 32                # or "full"
     learning_rate = 1e-4
+    schedule = "constant"          # or "cosine": the learning rate falls to zero over each phase
+    warmup_epochs = 0              # linear warm-up before the schedule
+    label_smoothing = 0.0
+    ema = 0.0                      # decay of a moving average of the weights, which is evaluated and kept
+
+    [augmentation]                 # the section's presence turns it on: training images only
+    rotation = 0.0                 # degrees
+    scale = 0.0                    # relative
+    shear = 0.0
+    translation = 0.0              # pixels
+    elastic = 0.0                  # pixels
 
     [early_stopping]               # the section's presence turns it on
     monitor = "val_loss"
@@ -40,7 +52,15 @@ from importlib import resources
 from pathlib import Path
 
 from mnistlab.errors import ConfigError
-from mnistlab.spec.experiment import ACTIVATIONS, MONITORS, EarlyStopping, Experiment, Hyperparameters
+from mnistlab.spec.experiment import (
+    ACTIVATIONS,
+    MONITORS,
+    SCHEDULES,
+    Augmentation,
+    EarlyStopping,
+    Experiment,
+    Hyperparameters,
+)
 
 
 def _integer(value) -> bool:
@@ -88,11 +108,16 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "dropout": _RATE,
         "l1": _PENALTY,
         "l2": _PENALTY,
+        "crop": Rule(lambda v: _integer(v) and v >= 0, "a non-negative integer"),
     },
     "train": {
         "epochs": Rule(_positive_int, "a positive integer"),
         "batch_size": Rule(lambda v: _positive_int(v) or v == "full", 'a positive integer or "full"'),
         "learning_rate": Rule(lambda v: _number(v) and v > 0, "a positive number"),
+        "schedule": Rule(lambda v: v in SCHEDULES, " or ".join(SCHEDULES)),
+        "warmup_epochs": Rule(lambda v: _integer(v) and v >= 0, "a non-negative integer"),
+        "label_smoothing": _RATE,
+        "ema": _RATE,
     },
     "early_stopping": {
         "monitor": Rule(lambda v: v in MONITORS, " or ".join(MONITORS)),
@@ -100,12 +125,20 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "min_delta": _PENALTY,
         "restore_best_weights": Rule(lambda v: isinstance(v, bool), "true or false"),
     },
+    "augmentation": {
+        "rotation": Rule(lambda v: _number(v) and 0 <= v <= 180, "degrees from 0 to 180"),
+        "scale": _RATE,
+        "shear": _PENALTY,
+        "translation": _PENALTY,
+        "elastic": _PENALTY,
+    },
 }
 REQUIRED = {"model": ("hidden",), "train": ("epochs", "batch_size", "learning_rate")}
 # The defaults of keys that fill an Experiment's own fields; those of hyperparameters and early
 # stopping are their fields' defaults.
 EXPERIMENT_DEFAULTS = {"description": "", "seed": 0, "dataset": "mnist", "validation_size": 10_000}
-MODEL_DEFAULTS = {"activation": "relu"}
+MODEL_DEFAULTS = {"activation": "relu", "crop": 0}
+OPTIONAL_SECTIONS = {"early_stopping": EarlyStopping, "augmentation": Augmentation}  # on where present
 
 
 def _field_defaults(cls) -> dict:
@@ -117,7 +150,8 @@ def _defaults() -> dict:
     hyper = _field_defaults(Hyperparameters)
     model = {**MODEL_DEFAULTS, **{k: hyper[k] for k in SCHEMA["model"] if k in hyper}}
     train = {k: hyper[k] for k in SCHEMA["train"] if k in hyper}
-    return {**EXPERIMENT_DEFAULTS, "model": model, "train": train, "early_stopping": _field_defaults(EarlyStopping)}
+    sections = {name: _field_defaults(cls) for name, cls in OPTIONAL_SECTIONS.items()}
+    return {**EXPERIMENT_DEFAULTS, "model": model, "train": train, **sections}
 
 
 def _flatten(resolved: dict) -> dict:
@@ -228,13 +262,19 @@ def _build(name: str, table: dict) -> Experiment:
             if key not in table.get(section, {}):
                 raise ConfigError(f"{name}: missing required key {section}.{key}")
     resolved = _merge(_defaults(), table)
-    if "early_stopping" not in table:
-        resolved.pop("early_stopping")
-    stopping = resolved.get("early_stopping")
+    sections = {}
+    for section, cls in OPTIONAL_SECTIONS.items():
+        if section in table:
+            sections[section] = cls(**{f.name: _typed(f.type, resolved[section][f.name]) for f in fields(cls)})
+        else:
+            resolved.pop(section)
+            sections[section] = None
     values = _flatten(resolved)
+    if sections["augmentation"] and values["batch_size"] == "full":
+        raise ConfigError(f"{name}: [augmentation] needs mini-batches; set train.batch_size to a number")
     hyperparameters = Hyperparameters(
-        **{f.name: _typed(f.type, values[f.name]) for f in fields(Hyperparameters) if f.name != "early_stopping"},
-        early_stopping=EarlyStopping(**stopping) if stopping else None,
+        **{f.name: _typed(f.type, values[f.name]) for f in fields(Hyperparameters) if f.name not in sections},
+        **sections,
     )
     return Experiment(
         name=name,
@@ -243,6 +283,7 @@ def _build(name: str, table: dict) -> Experiment:
         validation_size=resolved["validation_size"],
         hidden=tuple(values["hidden"]),
         activation=values["activation"],
+        crop=values["crop"],
         batch_size=None if values["batch_size"] == "full" else values["batch_size"],
         hyperparameters=hyperparameters,
         table=resolved,

@@ -7,25 +7,41 @@ A new hyperparameter is a field of `Hyperparameters` (with its default), a TOML 
 and the training code that uses it.
 """
 
+import math
 from dataclasses import dataclass, replace
+
+from mnistlab.errors import ConfigError
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """What the members of a stack share: layer widths and the hidden activation."""
+    """What the members of a stack share: layer widths, the hidden activation, and the border of the
+    (square) input image that the first Dense layer never sees."""
 
     inputs: int
     hidden: tuple[int, ...]
     classes: int = 10
     activation: str = "relu"
+    crop: int = 0  # pixels cut from each side of the image: MNIST's border is nearly always blank
+
+    @property
+    def side(self) -> int:
+        """The input image's side, in pixels."""
+        return math.isqrt(self.inputs)
+
+    @property
+    def features(self) -> int:
+        """Inputs of the first Dense layer: the pixels left after the crop."""
+        return self.inputs if self.crop == 0 else (self.side - 2 * self.crop) ** 2
 
     @property
     def shapes(self) -> list[tuple[int, int]]:
         """(inputs, outputs) of each Dense layer."""
-        widths = [self.inputs, *self.hidden, self.classes]
+        widths = [self.features, *self.hidden, self.classes]
         return list(zip(widths[:-1], widths[1:], strict=True))
 
     @property
@@ -44,6 +60,21 @@ class EarlyStopping:
 
 
 @dataclass(frozen=True)
+class Augmentation:
+    """Random distortions of every training image, drawn afresh at every step (Simard et al. 2003).
+
+    Each image gets its own affine map (rotation, scale, shear, translation) and, where `elastic` is
+    set, a smooth random displacement field; validation and test images are never distorted.
+    """
+
+    rotation: float = 0.0  # degrees, uniform in +-rotation
+    scale: float = 0.0  # relative, uniform in 1 +- scale
+    shear: float = 0.0  # uniform in +-shear (x shifts by shear * y)
+    translation: float = 0.0  # pixels, uniform in +-translation along each axis
+    elastic: float = 0.0  # pixels: largest displacement of the smooth random field
+
+
+@dataclass(frozen=True)
 class Hyperparameters:
     """The numbers in which the models of one stack may differ: each member trains with its own."""
 
@@ -55,6 +86,11 @@ class Hyperparameters:
     l1: float = 0.0  # kernel penalties, Keras semantics
     l2: float = 0.0
     early_stopping: EarlyStopping | None = None
+    label_smoothing: float = 0.0  # targets (1 - s) on the label and s / classes on every class
+    schedule: str = "constant"  # of the learning rate over each phase: constant, or cosine to zero
+    warmup_epochs: int = 0  # linear warm-up of the learning rate before the schedule
+    ema: float = 0.0  # decay of an exponential moving average of the weights, evaluated and kept; 0: none
+    augmentation: Augmentation | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +103,7 @@ class Experiment:
     validation_size: int
     hidden: tuple[int, ...]
     activation: str
+    crop: int
     batch_size: int | None  # None: the whole training set
     hyperparameters: Hyperparameters
     table: dict  # the resolved TOML tables, for writing the config back out
@@ -76,7 +113,10 @@ class Experiment:
         return self.hyperparameters.seed
 
     def architecture(self, inputs: int, classes: int = 10) -> Architecture:
-        return Architecture(inputs, self.hidden, classes, self.activation)
+        arch = Architecture(inputs, self.hidden, classes, self.activation, self.crop)
+        if self.crop and (arch.side**2 != inputs or arch.features < 1):
+            raise ConfigError(f"{self.name}: model.crop = {self.crop} leaves nothing of images of {inputs} pixels")
+        return arch
 
     def with_seed(self, seed: int) -> "Experiment":
         return replace(
@@ -85,7 +125,7 @@ class Experiment:
 
     def lockstep_key(self) -> tuple:
         """Experiments with equal keys can train as members of one stack."""
-        return (self.dataset, self.validation_size, self.hidden, self.activation, self.batch_size)
+        return (self.dataset, self.validation_size, self.hidden, self.activation, self.crop, self.batch_size)
 
     def training_key(self) -> tuple:
         """Experiments with equal keys train to the same result, bit for bit: one training serves them all."""

@@ -134,7 +134,9 @@ def _compiled(step_fn, args: tuple):
         if x.device.type == "cpu":
             options["cpp_wrapper"] = True  # a C++ wrapper around the kernels: ~40 us less Python per step
         compiled = torch.compile(step_fn, fullgraph=True, dynamic=False, options=options)
-        if not torch._inductor.config.force_disable_caches:  # which aot_compile refuses: then guards stay
+        # aot_compile refuses when caches are off, and some torch builds (2.11 with CUDA) do not offer it
+        # on what torch.compile returns: then the guards stay.
+        if hasattr(compiled, "aot_compile") and not torch._inductor.config.force_disable_caches:
             compiled = compiled.aot_compile((args, {}))
             compiled.disable_guard_check()
         _COMPILED[key] = compiled

@@ -30,6 +30,7 @@ from mnistlab.nn.mlp import (
     penalty,
 )
 from mnistlab.spec import Architecture, EarlyStopping, Hyperparameters
+from mnistlab.train.augment import distort, strengths
 from mnistlab.train.engine import Engine, compile_step, flush_denormals
 from mnistlab.train.progress import ProgressBars
 
@@ -69,11 +70,13 @@ def seed_for(seed: int, stream: str) -> int:
 
 @dataclass(frozen=True)
 class Streams:
-    """The seeds of one member's random streams in one training: initial weights, data order, dropout masks."""
+    """The seeds of one member's random streams in one training: initial weights, data order, dropout
+    masks and image distortions."""
 
     init: int
     shuffle: int
     dropout: int
+    augment: int = 0
 
 
 class Totals(NamedTuple):
@@ -107,15 +110,22 @@ class StackState:
     beta_powers: torch.Tensor  # (2,) beta1**t and beta2**t after t steps
     step: torch.Tensor  # () int64 steps taken, which also numbers the dropout masks
     keys: torch.Tensor  # (M,) int64 key of each member's dropout stream
-    learning_rate: torch.Tensor  # (M,)
+    learning_rate: torch.Tensor  # (M,) of this step: a schedule rewrites it before each step
     active: torch.Tensor  # (M,) 1 while a member trains, 0 once it is done: its updates vanish
     reg: Regularization
+    # Only where some member asks for them (else None, and the compiled step leaves them out):
+    average: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # moving average of the weights
+    average_decay: torch.Tensor | None = None  # (M,) its decay; 0: the member keeps its plain weights
+    distortion: torch.Tensor | None = None  # (M, 5) augmentation strengths (`augment.strengths`)
+    distortion_keys: torch.Tensor | None = None  # (M,) int64 key of each member's distortion stream
 
     @classmethod
-    def start(cls, arch: Architecture, params: torch.Tensor, keys, learning_rate, reg: Regularization):
+    def start(cls, arch: Architecture, params: torch.Tensor, keys, learning_rate, reg: Regularization, **extra):
         """A fresh state from (M, P) initial parameters: Adam's moments zero, no step taken."""
         weights = [(kernel.clone(), bias.clone()) for kernel, bias in layers(params, arch)]
         zeros = [[(torch.zeros_like(kernel), torch.zeros_like(bias)) for kernel, bias in weights] for _ in "mv"]
+        if extra.get("average_decay") is not None:
+            extra["average"] = [(kernel.clone(), bias.clone()) for kernel, bias in weights]
         return cls(
             weights,
             *zeros,
@@ -125,30 +135,55 @@ class StackState:
             learning_rate=learning_rate,
             active=torch.ones(len(params), device=params.device),
             reg=reg,
+            **extra,
         )
 
     @property
     def params(self) -> torch.Tensor:
-        """(M, P) a flat copy of the weights."""
-        return flat(self.weights)
+        """(M, P) a flat copy of each member's model: its moving average where it keeps one, else its weights."""
+        if self.average is None:
+            return flat(self.weights)
+        averaged = (self.average_decay > 0).view(-1, 1)
+        return torch.where(averaged, flat(self.average), flat(self.weights))
 
 
-def train_step(state: StackState, x, y, batch, totals: Totals, *, arch, dropout_members, penalties, bf16_layers):
-    """One mini-batch for every member, batch (M, B) being row indices into x and y: forward,
-    backward, Adam. Compiled, it is one graph."""
+def train_step(
+    state: StackState, x, y, batch, totals: Totals, *, arch, dropout_members, penalties, bf16_layers, smoothing, elastic
+):
+    """One mini-batch for every member, batch (M, B) being row indices into x and y: distortion where
+    asked for, forward, backward, Adam, moving average. Compiled, it is one graph."""
+    images = x[batch]
+    if state.distortion is not None:
+        images = distort(images, state.distortion, state.distortion_keys, state.step, arch.side, arch.crop, elastic)
     nll, correct, grads = batch_grads(
-        state.weights, arch, state.reg, x[batch], y[batch], state.keys, state.step, dropout_members, bf16_layers
-    )
+        state.weights, arch, state.reg, images, y[batch], state.keys, state.step, dropout_members, bf16_layers,
+        smoothing=smoothing,
+    )  # fmt: skip
     apply_gradients(state, totals, nll, correct, grads, batch.shape[1], penalties)
+    if state.average is not None:
+        update_average(state)
 
 
-def chunk_grads(state: StackState, x, y, first_row, *, arch, dropout_members, bf16_layers):
+def update_average(state: StackState) -> None:
+    """The moving average of each member's weights, after its step; frozen members' stays put.
+
+    The decay warms up as (1 + t) / (10 + t) (as TensorFlow's ExponentialMovingAverage with num_updates
+    does), so the first steps do not tie the average to the random initial weights."""
+    t = state.step.to(torch.float32)
+    decay = torch.minimum(state.average_decay, (1 + t) / (10 + t))
+    keep = (1 - (1 - decay) * state.active).view(-1, 1, 1)
+    for average, weight in zip(chain.from_iterable(state.average), chain.from_iterable(state.weights), strict=True):
+        average.mul_(keep).add_(weight * (1 - keep))
+
+
+def chunk_grads(state: StackState, x, y, first_row, *, arch, dropout_members, bf16_layers, smoothing):
     """The summed data gradient of rows first_row.. of a full batch, which every member sees whole."""
     members = len(state.keys)
     xs, ys = x.expand(members, *x.shape), y.expand(members, *y.shape)
     return batch_grads(
-        state.weights, arch, state.reg, xs, ys, state.keys, state.step, dropout_members, bf16_layers, first_row
-    )
+        state.weights, arch, state.reg, xs, ys, state.keys, state.step, dropout_members, bf16_layers, first_row,
+        smoothing,
+    )  # fmt: skip
 
 
 def apply_gradients(state: StackState, totals: Totals, nll, correct, grads, rows, penalties: Penalties) -> None:
@@ -233,20 +268,24 @@ class _Lockstep:
         params = init_params(arch, [s.init for s in streams], device)
         reg = Regularization.of(arch, members, device)
         keys = torch.tensor([s.dropout for s in streams], device=device)
-        learning_rate = torch.tensor([m.learning_rate for m in members], device=device)
-        self.state = StackState.start(arch, params, keys, learning_rate, reg)
+        self.learning_rate = torch.tensor([m.learning_rate for m in members], device=device)
+        extras = _extras(members, streams, device)
+        self.state = StackState.start(arch, params, keys, self.learning_rate.clone(), reg, **extras)
         self.shufflers = [torch.Generator().manual_seed(s.shuffle) for s in streams]
+        self.schedule = _Schedule(members, -(-len(self.y) // self.batch_size))
         self.penalties = reg.penalties()
         fixed = {
             "arch": arch,
             "dropout_members": reg.dropout_members(),
             "bf16_layers": engine.bf16_layers(arch.shapes, self.batch_size),
+            "smoothing": reg.smoothing(),
         }
         self.full_batch = self.batch_size == len(self.y)
         if self.full_batch:
             self.eager = partial(chunk_grads, **fixed)
         else:
-            self.eager = partial(train_step, penalties=self.penalties, **fixed)
+            elastic = any(m.augmentation and m.augmentation.elastic for m in members)
+            self.eager = partial(train_step, penalties=self.penalties, elastic=elastic, **fixed)
         self.compiled = compile_step(self.eager) if engine.compile else self.eager
 
     def train_epoch(self, bar) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,7 +297,10 @@ class _Lockstep:
             bar.tick(0, totals, len(self.y))
         else:
             batches = _epoch_batches(self.shufflers, len(self.y), self.batch_size, device)
+            rates = self.schedule.epoch_rates(self.learning_rate) if self.schedule.on else None
             for index, batch in enumerate(batches):
+                if rates is not None:
+                    self.state.learning_rate.copy_(rates[index])
                 # Keras trains on the short last batch too: eagerly, so it costs no second compiled shape.
                 step_fn = self.eager if batch.shape[1] < self.batch_size else self.compiled
                 step_fn(self.state, self.x, self.y, batch, totals)
@@ -284,6 +326,42 @@ class _Lockstep:
             else:
                 grads = [(k + pk, b + pb) for (k, b), (pk, pb) in zip(grads, part_grads, strict=True)]
         apply_gradients(self.state, totals, nll, correct, grads, len(self.y), self.penalties)
+
+
+def _extras(members: list[Hyperparameters], streams: list[Streams], device) -> dict:
+    """The optional parts of a stack's state that some member asks for: a moving average, distortions."""
+    extra = {}
+    if any(m.ema for m in members):
+        extra["average_decay"] = torch.tensor([m.ema for m in members], device=device)
+    if any(m.augmentation for m in members):
+        extra["distortion"] = strengths([m.augmentation for m in members], device)
+        extra["distortion_keys"] = torch.tensor([s.augment for s in streams], device=device)
+    return extra
+
+
+class _Schedule:
+    """Each member's learning rate at each step of its phase: a linear warm-up over `warmup_epochs`,
+    then constant or a cosine from the member's rate down to zero at its last step."""
+
+    def __init__(self, members: list[Hyperparameters], steps_per_epoch: int):
+        self.members, self.steps_per_epoch = members, steps_per_epoch
+        self.on = any(m.schedule != "constant" or m.warmup_epochs for m in members)
+        self.epoch = 0
+
+    def epoch_rates(self, base: torch.Tensor) -> torch.Tensor:
+        """(steps, M) the rates of the next epoch's steps, on base's device."""
+        steps = self.epoch * self.steps_per_epoch + np.arange(self.steps_per_epoch)
+        self.epoch += 1
+        factors = []
+        for member in self.members:
+            total = member.epochs * self.steps_per_epoch
+            warmup = member.warmup_epochs * self.steps_per_epoch
+            factor = np.minimum(1.0, (steps + 1) / warmup) if warmup else np.ones(len(steps))
+            if member.schedule == "cosine":
+                after = np.clip((steps - warmup) / max(1, total - warmup), 0, 1)
+                factor = factor * 0.5 * (1 + np.cos(np.pi * after))
+            factors.append(factor)
+        return base * torch.tensor(np.stack(factors, 1), dtype=torch.float32, device=base.device)
 
 
 def full_batch_chunk_rows(members: int) -> int:

@@ -43,11 +43,13 @@ class RunResult:
 
 
 def streams(member: Hyperparameters, phase: int) -> Streams:
-    """A member's random streams in one phase: the same initial weights in both, fresh data order and masks."""
+    """A member's random streams in one phase: the same initial weights in both, fresh data order, masks
+    and distortions."""
     return Streams(
         init=seed_for(member.seed, "init"),
         shuffle=seed_for(member.seed, f"shuffle-{phase}"),
         dropout=seed_for(member.seed, f"dropout-{phase}"),
+        augment=seed_for(member.seed, f"augment-{phase}"),
     )
 
 
