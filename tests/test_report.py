@@ -14,6 +14,7 @@ from mnistlab.data import SPLITS
 from mnistlab.evaluation.analysis import ConfusedPair, Misclassified, analyse
 from mnistlab.evaluation.statistics import summarise
 from mnistlab.reporting import build, findings
+from mnistlab.spec import config
 from mnistlab.train.fit import Epoch
 from mnistlab.train.protocol import Score
 
@@ -92,7 +93,7 @@ def study(tmp_path_factory, mnist_dir):
     out = tmp_path_factory.mktemp("study")
     common = ["--epochs", "1", "--out", str(out), "--quiet", "--data-dir", str(mnist_dir), "--dataset", "mnist"]
     assert main(["study", "--presets", "provided", "--seeds", "2", *common]) == 0
-    others = [p for p in build.REPORT_ORDER if p != "provided"]
+    others = [p for p in config.study_presets() if p != "provided"]
     assert main(["study", "--presets", *others, "--no-compile", *common]) == 0
     return out
 

@@ -56,6 +56,8 @@ def test_adam_follows_keras_formula():
             dropout_members=reg.dropout_members(),
             penalties=Penalties(l1=False, l2=True),
             bf16_layers=(),
+            smoothing=False,
+            elastic=False,
         )
         torch.testing.assert_close(state.params, expected)
     assert state.step.item() == 3

@@ -141,7 +141,7 @@ def study(presets: list[str] | None = None, *, out: Path | str = "study", **opti
     again; so is a folder that mnistlab did not write. One process writes a study folder at a time.
     """
     options, out = Options(**options), Path(out)
-    specs = [options.experiment(name) for name in presets or config.preset_names()]
+    specs = [options.experiment(name) for name in presets or config.study_presets()]
     with claim.lock(out):
         claim.prepare(out, "study", overwrite=options.overwrite)
         planned = [

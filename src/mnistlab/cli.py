@@ -65,7 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
 
     study = commands.add_parser("study", help="run the report's experiments, skipping finished ones")
-    study.add_argument("--presets", nargs="+", default=None, metavar="NAME", help="default: every preset")
+    study.add_argument(
+        "--presets", nargs="+", default=None, metavar="NAME", help="default: the lab report's (all but best)"
+    )
     study.add_argument("--out", type=Path, default=Path("study"), help="study folder (default: study)")
     _training_options(study)
     study.set_defaults(func=_study)

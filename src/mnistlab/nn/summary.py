@@ -6,6 +6,8 @@ from mnistlab.spec import Architecture, Hyperparameters
 def summary(arch: Architecture, hyperparameters: Hyperparameters) -> str:
     """A table like Keras' model.summary(): layer, output shape, parameters, totals."""
     rows = []
+    if arch.crop:  # Keras would say Cropping2D then Flatten: no parameters
+        rows.append((f"cropping (Crop, {arch.crop} px each side)", f"(None, {arch.features})", 0))
     for index, (n_in, n_out) in enumerate(arch.shapes):
         rate = hyperparameters.input_dropout if index == 0 else hyperparameters.dropout
         if rate:

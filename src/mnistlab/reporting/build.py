@@ -21,7 +21,7 @@ from mnistlab.errors import MnistlabError
 from mnistlab.evaluation import figures
 from mnistlab.evaluation.statistics import PAIRED, Summary, summarise
 from mnistlab.files import MARK, write_atomic
-from mnistlab.reporting import errors, sweeps
+from mnistlab.reporting import beyond, errors, sweeps
 from mnistlab.reporting.document import (
     Bullets,
     Flagged,
@@ -427,6 +427,7 @@ def _experiment_blocks(experiments: list[ExperimentRuns], chart: Path) -> list:
     blocks += _significance_blocks(experiments)
     seed_errors = [errors.SeedErrors(e.label, e.runs) for e in experiments]
     blocks += errors.across_seeds(seed_errors, {e.label: e.stat("test", "accuracy").mean for e in experiments})
+    blocks += beyond.section(list(zip(experiments, seed_errors, strict=True)))
     blocks.append(Heading(2, "Runs"))
     for e, found in zip(experiments, seed_errors, strict=True):
         blocks += _run_blocks(e, found)

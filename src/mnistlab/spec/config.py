@@ -162,6 +162,14 @@ def _flatten(resolved: dict) -> dict:
     return flat
 
 
+BEYOND_THE_LAB = ("best",)  # shipped presets that are not the lab report's experiments: not in a study
+
+
+def study_presets() -> list[str]:
+    """The lab report's experiments: what `mnistlab study` trains unless told otherwise."""
+    return [name for name in preset_names() if name not in BEYOND_THE_LAB]
+
+
 def preset_names() -> list[str]:
     return sorted(
         p.name.removesuffix(".toml")

@@ -51,9 +51,14 @@ def execute(
         if len(same) > 1:
             log(f"{_names(same[1:])}: the same training as {_names(same[:1])}, trained once")
     tuned = placement.tuned
+    unique = [same[0] for same in served.values()]
     workers = placement.workers or tuned.workers
+    if not placement.cluster:
+        # No more local workers than stacks: a plan of one stack trains in this process, on every core
+        # that pays for a stack alone, rather than in one single-threaded worker beside an idle one.
+        workers = min(workers, len(stacks(unique, tuned.stack_rows, workers)))
     with executor(placement.cluster, workers, progress, log) as where:
-        plan = stacks([same[0] for same in served.values()], tuned.stack_rows, where.workers)
+        plan = stacks(unique, tuned.stack_rows, where.workers)
         datasets = {}
         for stack in plan:
             name, validation_size = source = _source(stack)

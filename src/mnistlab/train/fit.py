@@ -1,9 +1,11 @@
 """Training a stack of models in lockstep: Keras' Adam, early stopping, one compiled step.
 
 `fit` trains M members of one architecture in lockstep. Each member keeps its own hyperparameters
-(learning rate, penalties, dropout rates, epoch budget, early stopping) and its own random streams
-(initial weights, data order, dropout masks); a member that is done is frozen (its updates are
-multiplied by zero) while the others go on. Data stays on the device as tensors indexed by a
+(learning rate and its schedule, penalties, dropout rates, label smoothing, epoch budget, early
+stopping, a moving average of its weights, image distortions) and its own random streams (initial
+weights, data order, dropout masks, distortions); a member that is done is frozen (its updates are
+multiplied by zero) while the others go on. What no member asks for is left out of the compiled step,
+so the lab's presets train exactly as they did before these existed. Data stays on the device as tensors indexed by a
 per-epoch permutation: no DataLoader, and no host sync inside an epoch unless a progress bar asks
 for live numbers.
 """

@@ -1,0 +1,108 @@
+"""Beyond the lab: the lab's final model beside `best`, a pure MLP of no more parameters trained with
+what is known today (distortions, a cosine schedule, label smoothing, a moving average of the weights).
+
+The section appears when a report holds runs of both presets: their test errors with 95% intervals
+over seeds, and the test digits each gets wrong in every seed, both, or only one of them.
+"""
+
+from typing import TYPE_CHECKING
+
+from mnistlab.evaluation.statistics import Summary, summarise
+from mnistlab.reporting.document import Heading, Paragraph, Table
+from mnistlab.reporting.errors import SeedErrors
+
+if TYPE_CHECKING:  # build imports this module
+    from mnistlab.reporting.build import ExperimentRuns
+
+LAB, BEST = "final", "best"
+
+
+def section(pairs: list[tuple["ExperimentRuns", SeedErrors]]) -> list:
+    """The section, from each experiment of the report with its errors; nothing unless both presets ran."""
+    found = {experiment.name: (experiment, errors) for experiment, errors in pairs}
+    if LAB not in found or BEST not in found:
+        return []
+    (lab, lab_errors), (best, best_errors) = found[LAB], found[BEST]
+    both = sorted(lab_errors.stable & best_errors.stable)
+    only_lab = sorted(lab_errors.stable - _ever_wrong(best_errors))
+    only_best = sorted(best_errors.stable - _ever_wrong(lab_errors))
+    blocks = [
+        Heading(2, "Beyond the lab"),
+        Paragraph(
+            f"The lab's final model has {_parameters(lab):,} parameters. {BEST} is a pure MLP of "
+            f"{_parameters(best):,}: {_recipe(best)}. Both follow the same protocol, and {BEST}'s recipe was chosen "
+            "on the 50k/10k split only (its preset file lists what was tried). Test error: mean over seeds ± the "
+            "half-width of its 95% interval."
+        ),
+        Table(
+            ["model", "parameters", "seeds", "test error", "test errors (of 10,000)", "validation error"],
+            [_row(lab), _row(best)],
+        ),
+        Paragraph(
+            f"{len(lab_errors.stable)} test digits are wrong in every seed of {LAB}, {len(best_errors.stable)} in "
+            f"every seed of {BEST}; {len(both)} of them in both. {len(only_lab)} of {LAB}'s are right in every "
+            f"seed of {BEST}, and {len(only_best)} of {BEST}'s are right in every seed of {LAB}. Captions give the "
+            "true class and what each seed read."
+        ),
+    ]
+    if both:
+        blocks.append(best_errors.grid(both, f"wrong in every seed of both (readings: {BEST})"))
+    if only_lab:
+        blocks.append(lab_errors.grid(only_lab, f"wrong only for {LAB} (readings: {LAB})"))
+    if only_best:
+        blocks.append(best_errors.grid(only_best, f"wrong only for {BEST} (readings: {BEST})"))
+    return blocks
+
+
+def _ever_wrong(errors: SeedErrors) -> set[int]:
+    return errors.stable | errors.noisy
+
+
+def _parameters(experiment: "ExperimentRuns") -> int:
+    return experiment.runs[0].metrics.parameters
+
+
+def _error(experiment: "ExperimentRuns", split: str) -> Summary:
+    return summarise([1 - accuracy for accuracy in experiment.values(split, "accuracy")])
+
+
+def _percent(stat: Summary) -> str:
+    if stat.low is None:
+        return f"{stat.mean:.2%}"
+    return f"{stat.mean:.2%} ± {(stat.high - stat.low) / 2 * 100:.2f}"
+
+
+def _row(experiment: "ExperimentRuns") -> list[str]:
+    test = _error(experiment, "test")
+    count = test.mean * experiment.split_sizes["test"]
+    return [
+        experiment.label,
+        f"{_parameters(experiment):,}",
+        str(experiment.seeds),
+        _percent(test),
+        f"{count:.1f}",
+        _percent(_error(experiment, "validation")),
+    ]
+
+
+def _recipe(experiment: "ExperimentRuns") -> str:
+    """The config's recipe in words, from the run folder's resolved config."""
+    config = experiment.runs[0].folder.read_config()
+    model, train = config["model"], config["train"]
+    side = 28 - 2 * model.get("crop", 0)
+    parts = [
+        f"Dense layers of {', '.join(map(str, model['hidden']))} units on the central {side}x{side} pixels",
+        f"{train['epochs']} epochs at batch {train['batch_size']}, learning rate {train['learning_rate']:g} "
+        f"({train.get('schedule', 'constant')} schedule, {train.get('warmup_epochs', 0)} warm-up epochs)",
+    ]
+    if train.get("label_smoothing"):
+        parts.append(f"label smoothing {train['label_smoothing']:g}")
+    if train.get("ema"):
+        parts.append(f"a moving average of the weights (decay {train['ema']:g})")
+    if distortion := config.get("augmentation"):
+        parts.append(
+            f"every training image distorted afresh at every step (rotation ±{distortion['rotation']:g}°, scale "
+            f"±{distortion['scale']:g}, shear ±{distortion['shear']:g}, shift ±{distortion['translation']:g} px, "
+            f"elastic ±{distortion['elastic']:g} px)"
+        )
+    return "; ".join(parts)
