@@ -35,7 +35,14 @@ def section(pairs: list[tuple["ExperimentRuns", SeedErrors]]) -> list:
             "half-width of its 95% interval."
         ),
         Table(
-            ["model", "parameters", "seeds", "test error", "test errors (of 10,000)", "validation error"],
+            [
+                "model",
+                "parameters",
+                "seeds",
+                "test error",
+                f"test errors (of {lab.split_sizes['test']:,})",
+                "validation error",
+            ],  # fmt: skip
             [_row(lab), _row(best)],
         ),
         Paragraph(
