@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from mnistlab.evaluation.statistics import Summary, summarise
 from mnistlab.reporting.document import Heading, Paragraph, Table
 from mnistlab.reporting.errors import SeedErrors
+from mnistlab.reporting.findings import cell
 
 if TYPE_CHECKING:  # build imports this module
     from mnistlab.reporting.build import ExperimentRuns
@@ -73,12 +74,6 @@ def _error(experiment: "ExperimentRuns", split: str) -> Summary:
     return summarise([1 - accuracy for accuracy in experiment.values(split, "accuracy")])
 
 
-def _percent(stat: Summary) -> str:
-    if stat.low is None:
-        return f"{stat.mean:.2%}"
-    return f"{stat.mean:.2%} ± {(stat.high - stat.low) / 2 * 100:.2f}"
-
-
 def _row(experiment: "ExperimentRuns") -> list[str]:
     test = _error(experiment, "test")
     count = test.mean * experiment.split_sizes["test"]
@@ -86,25 +81,25 @@ def _row(experiment: "ExperimentRuns") -> list[str]:
         experiment.label,
         f"{_parameters(experiment):,}",
         str(experiment.seeds),
-        _percent(test),
+        cell(test, "accuracy"),
         f"{count:.1f}",
-        _percent(_error(experiment, "validation")),
+        cell(_error(experiment, "validation"), "accuracy"),
     ]
 
 
 def _recipe(experiment: "ExperimentRuns") -> str:
     """The config's recipe in words, from the run folder's resolved config."""
-    config = experiment.runs[0].folder.read_config()
-    model, train = config["model"], config["train"]
-    side = 28 - 2 * model.get("crop", 0)
+    folder = experiment.runs[0].folder
+    config, (_, arch) = folder.read_config(), folder.read_weights()
+    train = config["train"]
     parts = [
-        f"Dense layers of {', '.join(map(str, model['hidden']))} units on the central {side}x{side} pixels",
+        f"Dense layers of {', '.join(map(str, arch.hidden))} units on the central {arch.window}x{arch.window} pixels",
         f"{train['epochs']} epochs at batch {train['batch_size']}, learning rate {train['learning_rate']:g} "
-        f"({train.get('schedule', 'constant')} schedule, {train.get('warmup_epochs', 0)} warm-up epochs)",
+        f"({train['schedule']} schedule, {train['warmup_epochs']} warm-up epochs)",
     ]
-    if train.get("label_smoothing"):
+    if train["label_smoothing"]:
         parts.append(f"label smoothing {train['label_smoothing']:g}")
-    if train.get("ema"):
+    if train["ema"]:
         parts.append(f"a moving average of the weights (decay {train['ema']:g})")
     if distortion := config.get("augmentation"):
         parts.append(

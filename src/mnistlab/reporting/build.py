@@ -33,7 +33,7 @@ from mnistlab.reporting.document import (
     to_html,
     to_markdown,
 )
-from mnistlab.reporting.findings import MIN_SEEDS, SIGNIFICANCE, compare, pairs, verdict
+from mnistlab.reporting.findings import MIN_SEEDS, SIGNIFICANCE, cell, compare, pairs, percent, verdict
 from mnistlab.study.folder import Run, RunFolder
 from mnistlab.train.protocol import Score
 
@@ -140,18 +140,6 @@ def split_labels(experiments: list[ExperimentRuns]) -> dict[str, str]:
     }
 
 
-def _percent(value: float) -> str:
-    return f"{value * 100:.2f}%"
-
-
-def _cell(stat: Summary, key: str) -> str:
-    show = _percent if key == "accuracy" else (lambda v: f"{v:.4f}")
-    if stat.low is None:
-        return show(stat.mean)
-    half = (stat.high - stat.low) / 2
-    return f"{show(stat.mean)} ± {show(half) if key == 'loss' else f'{half * 100:.2f}'}"
-
-
 def _splits_sentence(experiments: list[ExperimentRuns]) -> str:
     def one(sizes: dict[str, int]) -> str:
         s = {split: size_label(n) for split, n in sizes.items()}
@@ -179,7 +167,7 @@ def _results(experiments: list[ExperimentRuns]) -> list:
     rows = []
     for e in experiments:
         epochs = "/".join(f"{summarise([r.metrics.epochs[p] for r in e.runs]).mean:g}" for p in ("phase1", "phase2"))
-        numbers = [_cell(e.stat(s, k), k) for s in SPLITS for k in ("accuracy", "loss")]
+        numbers = [cell(e.stat(s, k), k) for s in SPLITS for k in ("accuracy", "loss")]
         wall = sum(r.metrics.wall_seconds / r.metrics.stack_size for r in e.runs)
         parameters = f"{e.runs[0].metrics.parameters:,}"
         rows.append([e.label, str(e.seeds), parameters, epochs, *numbers, f"{wall:.0f} s"])
@@ -223,7 +211,7 @@ def _beside_the_report(experiments: list[ExperimentRuns], reference: dict, chart
         rows = []
         values = {(split, key): e.values(split, key) for split in SPLITS for key in ("accuracy", "loss")}
         for row in compare(values, entry):
-            show = _percent if row.key == "accuracy" else (lambda v: f"{v:.4f}")
+            show = percent if row.key == "accuracy" else (lambda v: f"{v:.4f}")
             if row.key == "accuracy":
                 diff = f"{row.difference * 100:+.2f} pts"
             else:
@@ -245,7 +233,7 @@ def _beside_the_report(experiments: list[ExperimentRuns], reference: dict, chart
     items = []
     for item in reference.get("contradiction", []):
         measured = [
-            f"{n} {_percent(by_name[n].stat('test', 'accuracy').mean)} test accuracy, train loss "
+            f"{n} {percent(by_name[n].stat('test', 'accuracy').mean)} test accuracy, train loss "
             f"{by_name[n].stat('train', 'loss').mean:.4f}"
             for n in item["presets"]
             if n in by_name
@@ -314,7 +302,7 @@ def _run_blocks(experiment: ExperimentRuns, seed_errors: errors.SeedErrors) -> l
         Heading(3, name),
         Paragraph(
             f"{folder.read_config().get('description', '')}.{seeds_note} Test accuracy "
-            f"{_cell(experiment.stat('test', 'accuracy'), 'accuracy')}, {first.metrics.parameters:,} parameters. "
+            f"{cell(experiment.stat('test', 'accuracy'), 'accuracy')}, {first.metrics.parameters:,} parameters. "
             f"Folder: {experiment.folder.path}."
         ),
         Image(experiment.folder.file(RunFolder.VALIDATION_CURVES), f"{name}: validation curves"),

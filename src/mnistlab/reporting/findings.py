@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mnistlab.evaluation.statistics import Difference, difference, holm, prediction_interval
+from mnistlab.evaluation.statistics import Difference, Summary, difference, holm, prediction_interval
 from mnistlab.train.fit import Epoch
 from mnistlab.train.protocol import Score
 
@@ -17,6 +17,20 @@ def within_rounding(published: float, ours: float, key: str) -> bool:
     if key == "accuracy":
         return round(ours * 100) == round(published * 100)  # whole percent
     return round(ours, 4) == round(published, 4)  # four decimals
+
+
+def percent(value: float) -> str:
+    return f"{value * 100:.2f}%"
+
+
+def cell(stat: Summary, key: str) -> str:
+    """A table cell for an accuracy (or error) or a loss over seeds: the mean ± the half-width of its 95%
+    interval, in points for percentages; the mean alone for one seed."""
+    show = percent if key == "accuracy" else (lambda v: f"{v:.4f}")
+    if stat.low is None:
+        return show(stat.mean)
+    half = (stat.high - stat.low) / 2
+    return f"{show(stat.mean)} ± {show(half) if key == 'loss' else f'{half * 100:.2f}'}"
 
 
 MIN_SEEDS = 3  # below this, a spread over seeds is too uncertain for a verdict

@@ -34,9 +34,14 @@ class Architecture:
         return math.isqrt(self.inputs)
 
     @property
+    def window(self) -> int:
+        """The side of the image left after the crop, in pixels."""
+        return self.side - 2 * self.crop
+
+    @property
     def features(self) -> int:
         """Inputs of the first Dense layer: the pixels left after the crop."""
-        return self.inputs if self.crop == 0 else (self.side - 2 * self.crop) ** 2
+        return self.inputs if self.crop == 0 else self.window**2
 
     @property
     def shapes(self) -> list[tuple[int, int]]:

@@ -9,8 +9,9 @@ alone or in a stack, eager or compiled, and no distorted copy of the data set is
 The distortion is a sampling grid: for each output pixel, where to read the source image. The affine
 part maps output to source coordinates; the elastic part adds a displacement field drawn on a coarse
 ELASTIC_GRID x ELASTIC_GRID lattice and smoothed by bicubic upsampling (a cheap stand-in for Simard's
-Gaussian-filtered noise with the same effect: neighbouring pixels move together). `grid_sample` reads
-the source bilinearly, with zeros beyond the border, as MNIST's background is.
+Gaussian-filtered noise with the same effect: neighbouring pixels move together). The source is read
+bilinearly, with zeros beyond the border, as MNIST's background is: what `F.grid_sample` computes,
+written out so that the compiler fuses it (`_bilinear`).
 """
 
 import math

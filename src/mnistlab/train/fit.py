@@ -5,9 +5,9 @@
 stopping, a moving average of its weights, image distortions) and its own random streams (initial
 weights, data order, dropout masks, distortions); a member that is done is frozen (its updates are
 multiplied by zero) while the others go on. What no member asks for is left out of the compiled step,
-so the lab's presets train exactly as they did before these existed. Data stays on the device as tensors indexed by a
-per-epoch permutation: no DataLoader, and no host sync inside an epoch unless a progress bar asks
-for live numbers.
+so the lab's presets train exactly as they did before these existed. Data stays on the device as
+tensors indexed by a per-epoch permutation: no DataLoader, and no host sync inside an epoch unless a
+progress bar asks for live numbers.
 """
 
 import math
