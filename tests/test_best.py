@@ -19,7 +19,8 @@ from mnistlab.nn.summary import summary
 from mnistlab.spec import Architecture, Augmentation, Hyperparameters, config
 from mnistlab.train.augment import _uniform, distort, strengths
 from mnistlab.train.engine import Engine
-from mnistlab.train.fit import _Schedule, fit
+from mnistlab.train.fit import _Lockstep, _Schedule, fit
+from mnistlab.train.progress import ProgressBars
 from mnistlab.train.protocol import streams
 
 LAB_BUDGET = 131_818
@@ -172,6 +173,18 @@ def test_cosine_schedule_warms_up_then_falls_to_zero():
     np.testing.assert_allclose(rates[10:, 0], expected, rtol=1e-6)
     assert rates[-1, 0] < 0.01 and np.all(np.diff(rates[10:, 0]) <= 0)
     assert np.all(rates[:, 1] == 0.5)  # a constant member keeps its rate
+
+
+def test_a_schedule_drives_full_batch_steps_too():
+    x, y = torch.rand(64, 784), torch.randint(0, 10, (64,))
+    member = Hyperparameters(seed=0, learning_rate=0.1, epochs=2, schedule="cosine")
+    stack = _Lockstep(Architecture(784, (8,)), [member], [streams(member, 1)], (x, y), None, Engine(compile=False))
+    rates = []
+    for epoch in (1, 2):
+        with ProgressBars.OFF.epoch(epoch, 2, 1) as bar:
+            stack.train_epoch(bar)
+        rates.append(stack.state.learning_rate.item())
+    assert rates == [pytest.approx(0.1), pytest.approx(0.05)]  # cosine at 0 and halfway
 
 
 def test_moving_average_is_what_is_evaluated_and_kept(mnist):

@@ -294,12 +294,14 @@ class _Lockstep:
         """One epoch for every member; (M,) running training loss and accuracy, on the device."""
         members, device = len(self.state.keys), self.state.keys.device
         totals = Totals(torch.zeros(members, device=device), torch.zeros(members, device=device))
+        rates = self.schedule.epoch_rates(self.learning_rate) if self.schedule.on else None
         if self.full_batch:
+            if rates is not None:
+                self.state.learning_rate.copy_(rates[0])
             self._full_batch_step(totals)
             bar.tick(0, totals, len(self.y))
         else:
             batches = _epoch_batches(self.shufflers, len(self.y), self.batch_size, device)
-            rates = self.schedule.epoch_rates(self.learning_rate) if self.schedule.on else None
             for index, batch in enumerate(batches):
                 if rates is not None:
                     self.state.learning_rate.copy_(rates[index])
