@@ -28,6 +28,19 @@ def _real_data_dir(name: str) -> Path:
     pytest.skip(message)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_cache(tmp_path_factory):
+    """A user cache of the session's own ($XDG_CACHE_HOME, which the commands the tests start inherit):
+    the tests never touch the user's, and a step one test compiled loads in the next (stored_steps)."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("user-cache"))
+    yield Path(os.environ["XDG_CACHE_HOME"])
+    if before is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     return _real_data_dir("mnist")

@@ -11,6 +11,7 @@ import torch
 
 from mnistlab.errors import MnistlabError
 from mnistlab.spec import Architecture
+from mnistlab.train import stored_steps
 from mnistlab.train.choices import DEVICES, PRECISIONS
 
 # Where bf16 is emulated (asked for with --precision bf16), from this size on, as AVX512-BF16 paid: the
@@ -123,24 +124,35 @@ _COMPILED = {}  # signature -> compiled step, for the life of the process: phase
 
 
 def _compiled(step_fn, args: tuple):
-    key = _signature(step_fn, args)
-    if key not in _COMPILED:
-        state, x, y, *_ = args
-        torch._dynamo.mark_dynamic(x, 0)
-        torch._dynamo.mark_dynamic(y, 0)
-        # The step's row indices come from our own permutations, and the signature fixes every
-        # input's size and strides: the generated code need not check them again on every call.
-        options = {"assert_indirect_indexing": False, "size_asserts": False}
-        if x.device.type == "cpu":
-            options["cpp_wrapper"] = True  # a C++ wrapper around the kernels: ~40 us less Python per step
-        compiled = torch.compile(step_fn, fullgraph=True, dynamic=False, options=options)
-        # aot_compile refuses when caches are off, and some torch builds (2.11 with CUDA) do not offer it
-        # on what torch.compile returns: then the guards stay.
-        if hasattr(compiled, "aot_compile") and not torch._inductor.config.force_disable_caches:
-            compiled = compiled.aot_compile((args, {}))
-            compiled.disable_guard_check()
-        _COMPILED[key] = compiled
-    return _COMPILED[key]
+    signature = _signature(step_fn, args)
+    if signature not in _COMPILED:
+        _COMPILED[signature] = _stored_or_compiled(step_fn, args, signature)
+    return _COMPILED[signature]
+
+
+def _stored_or_compiled(step_fn, args: tuple, signature: tuple):
+    """The step as an earlier process compiled and stored it (`stored_steps`), else compiled here and stored."""
+    state, x, y, *_ = args
+    # aot_compile refuses when caches are off, and some torch builds (2.11 with CUDA) do not offer it on
+    # what torch.compile returns: then the guards stay, and nothing is stored.
+    ahead = not torch._inductor.config.force_disable_caches
+    name = stored_steps.digest(signature, x.device) if ahead else None
+    traced = step_fn.func if isinstance(step_fn, partial) else step_fn
+    if name and (stored := stored_steps.load(name, traced.__globals__)) is not None:
+        return stored
+    torch._dynamo.mark_dynamic(x, 0)
+    torch._dynamo.mark_dynamic(y, 0)
+    # The step's row indices come from our own permutations, and the signature fixes every
+    # input's size and strides: the generated code need not check them again on every call.
+    options = {"assert_indirect_indexing": False, "size_asserts": False}
+    if x.device.type == "cpu":
+        options["cpp_wrapper"] = True  # a C++ wrapper around the kernels: ~40 us less Python per step
+    compiled = torch.compile(step_fn, fullgraph=True, dynamic=False, options=options)
+    if hasattr(compiled, "aot_compile") and ahead:
+        compiled = compiled.aot_compile((args, {}))
+        compiled.disable_guard_check()
+        stored_steps.store(name, compiled)
+    return compiled
 
 
 def _signature(step_fn, args: tuple) -> tuple:
