@@ -15,19 +15,22 @@ threads started without the flush) would slow the next by 10-15%.
 """
 
 import argparse
+import json
+import math
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import torch
 
 from mnistlab import data
 from mnistlab.spec import Architecture, Hyperparameters
-from mnistlab.train.engine import Engine, flush_denormals
+from mnistlab.train.engine import Engine, bf16_hardware, flush_denormals
 from mnistlab.train.fit import fit
 from mnistlab.train.protocol import streams
 
@@ -104,7 +107,9 @@ def measure(what: list[str], args: argparse.Namespace) -> list[float]:
 def measure_here(what: list[str], args: argparse.Namespace) -> list[float]:
     if what == ["matmul"]:
         device = Engine.create(args.device).device
-        return [matmul_rate(torch.float32, device), matmul_rate(torch.bfloat16, device)]
+        # Emulated bf16 (no AVX512-BF16, AMX or GPU) multiplies a 4096-square in minutes, not milliseconds.
+        bf16 = matmul_rate(torch.bfloat16, device) if bf16_hardware(device) else float("nan")
+        return [matmul_rate(torch.float32, device), bf16]
     dataset = data.load("mnist", args.data_dir, progress=False)
     engine, batch_name, *rest = what
     batch = None if batch_name == "full" else int(batch_name)
@@ -114,16 +119,42 @@ def measure_here(what: list[str], args: argparse.Namespace) -> list[float]:
     return [mnistlab_epoch(dataset, batch, int(stack), precision, args.epochs, args.device)]
 
 
-def command_seconds(args: list[str], data_dir: Path | None, precision: str, keep: Path | None, device: str) -> float:
-    """Wall time of one `mnistlab` command writing into a fresh folder (compiled kernels stay cached)."""
-    with tempfile.TemporaryDirectory() as scratch:
-        out = keep / "-".join(a.lstrip("-") for a in args) if keep else Path(scratch) / "out"
-        command = [sys.executable, "-m", "mnistlab.cli", *args, "--out", str(out), "--quiet"]
-        command += ["--precision", precision] + (["--data-dir", str(data_dir)] if data_dir else [])
-        command += ["--device", device]
-        start = time.perf_counter()
-        subprocess.run(command, check=True)
-        return time.perf_counter() - start
+def command_seconds(args: list[str], data_dir: Path | None, precision: str, out: Path, device: str) -> float:
+    """Wall time of one `mnistlab` command writing into the fresh folder `out` (compiled steps stay stored)."""
+    command = [sys.executable, "-m", "mnistlab.cli", *args, "--out", str(out), "--quiet"]
+    command += ["--precision", precision] + (["--data-dir", str(data_dir)] if data_dir else [])
+    command += ["--device", device]
+    start = time.perf_counter()
+    subprocess.run(command, check=True)
+    return time.perf_counter() - start
+
+
+def batch32_epochs(study: Path) -> int:
+    """The epochs a one-seed study trained at batch 32 with the final model's 131,818 parameters, both phases,
+    each training counted once (`final` is `dropout`): what tf.keras would train for the same study."""
+    trainings = {}
+    for metrics_file in study.glob("*/metrics.json"):
+        metrics = json.loads(metrics_file.read_text())
+        config = tomllib.loads((metrics_file.parent / "config.toml").read_text())
+        if metrics["parameters"] == FINAL.num_params and config["train"]["batch_size"] == 32:
+            config.pop("description")
+            trainings[json.dumps(config, sort_keys=True)] = sum(metrics["epochs"].values())
+    return sum(trainings.values())
+
+
+def studies(args: argparse.Namespace, keras: float | None, keep: Path) -> None:
+    """`mnistlab study` and `run final`, 1 seed and 5, one after the other, and the study against tf.keras."""
+    for precision in args.precisions:
+        for name, command in (("mnistlab study", ["study"]), ("mnistlab run final", ["run", "final"])):
+            out = keep / f"{precision}-{command[-1]}"
+            one = command_seconds(command, args.data_dir, precision, out / "seeds-1", args.device)
+            five = command_seconds([*command, "--seeds", "5"], args.data_dir, precision, out / "seeds-5", args.device)
+            print(f"{name} ({precision}): 1 seed {one:.0f} s, 5 seeds {five:.0f} s ({five / one:.2f}x)", flush=True)
+            if command == ["study"] and keras:
+                epochs = batch32_epochs(out / "seeds-1")
+                seconds = epochs * keras
+                print(f"  tf.keras for its {epochs} batch-32 epochs of the final model ({keras:.2f} s each, this run):")
+                print(f"  {seconds:.0f} s, {seconds / one:.1f}x the study's time", flush=True)
 
 
 def main() -> None:
@@ -148,7 +179,8 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
     if args.device == "cuda":
         print(f"device: {torch.cuda.get_device_name()}")
-    print(f"sustained matmul (4096^2): fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.0f} GFLOP/s")
+    native = "bf16 not native here" if math.isnan(bf16) else f"bf16 {bf16:.0f} GFLOP/s"
+    print(f"sustained matmul (4096^2): fp32 {fp32:.0f} GFLOP/s, {native}")
     gflop = epoch_gflop(FINAL, 50_000, 10_000)
     print(f"one epoch of the final model: {gflop:.1f} GFLOP (50k training rows, 10k validation rows)")
     print(f"fp32 floor: {gflop / fp32:.3f} s per model-epoch\n")
@@ -156,8 +188,10 @@ def main() -> None:
     if args.batches:
         print("| batch | models | precision | s/epoch | s/epoch per model | GFLOP/s | x fp32 floor | tf.keras s/epoch "
               "| keras/mnistlab |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+    keras_32 = None  # tf.keras' batch-32 epoch, for the study's ratio
     for batch_name in args.batches:
         keras = measure(["keras", batch_name], args)[0] if args.keras else None
+        keras_32 = keras if batch_name == "32" else keras_32
         for stack in args.stacks:
             for precision in args.precisions:
                 (seconds,) = measure(["mnistlab", batch_name, str(stack), precision], args)
@@ -170,11 +204,10 @@ def main() -> None:
 
     if args.study:
         print()
-        for precision in args.precisions:
-            for name, command in (("mnistlab study", ["study"]), ("mnistlab run final", ["run", "final"])):
-                one = command_seconds(command, args.data_dir, precision, args.keep, args.device)
-                five = command_seconds([*command, "--seeds", "5"], args.data_dir, precision, args.keep, args.device)
-                print(f"{name} ({precision}): 1 seed {one:.0f} s, 5 seeds {five:.0f} s ({five / one:.2f}x)", flush=True)
+        if args.keras and keras_32 is None:
+            keras_32 = measure(["keras", "32"], args)[0]
+        with tempfile.TemporaryDirectory() as scratch:
+            studies(args, keras_32, args.keep or Path(scratch))
 
 
 if __name__ == "__main__":
