@@ -103,3 +103,25 @@ def test_a_scheduler_that_cannot_be_reached_is_one_line(tmp_path, data_env, caps
 def test_workers_must_be_positive(tmp_path, data_env, capsys, workers):
     assert main(["run", "provided", "--workers", str(workers), "--out", str(tmp_path / "r")]) == 1
     assert "workers must be at least 1" in capsys.readouterr().err
+
+
+def _profiler_running_while_training_and_after() -> tuple[bool, bool]:
+    from distributed import get_worker
+
+    from mnistlab.study.executors import _without_worker_profiler
+
+    sampling = get_worker().periodic_callbacks["profile"]
+    with _without_worker_profiler():
+        time.sleep(0.5)  # the pause is scheduled on the worker's event loop
+        during = sampling.is_running()
+    time.sleep(0.5)
+    return during, sampling.is_running()
+
+
+def test_a_worker_samples_no_stacks_while_it_trains():
+    from distributed import Client, LocalCluster
+
+    # In this process over inproc://: nothing listens.
+    local = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
+    with local, Client(local) as client:
+        assert client.submit(_profiler_running_while_training_and_after).result(timeout=30) == (False, True)
