@@ -67,6 +67,13 @@ def test_a_corrupt_cache_is_ignored_with_a_warning(cache, content):
         assert calibration.read(cache, calibration.machine(CPU)) is None
 
 
+def test_an_older_mnistlabs_calibration_is_measured_again(cache):
+    # Format 1 probed stacks of dropout members alone, at 4 and 16: not what this mnistlab would decide from.
+    _store(cache, _measured(), format=1)
+    with pytest.warns(CalibrationWarning, match=f"format 1, this mnistlab's is {calibration.FORMAT}"):
+        assert calibration.read(cache, calibration.machine(CPU)) is None
+
+
 def test_a_cache_with_nonsense_counts_is_ignored(cache):
     _store(cache, _measured(), workers=0)
     with pytest.warns(CalibrationWarning, match="positive integers"):
