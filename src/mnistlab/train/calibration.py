@@ -8,13 +8,14 @@ and one process of two threads won. So the calibration measures what it would de
 would run: the real, compiled step of the final model on synthetic data, at a small and a large stack,
 in one process using every core and in one single-threaded process per core, side by side.
 
-Per model, a step is cheapest in a middle-sized stack there. In one process, stacks of the study's
-presets took 0.51-0.53 ms per model and step at 4 members, 0.33-0.41 at 6 and 0.49-0.53 at 16; probes
-at 4 and 16 alone chose 16, and the five-seed study's stacks of 15 then trained at 0.90-0.98 s per
-model-epoch against 0.68-0.77 in the one-seed study's stack of 6. So the large probe is 8 members (on
-the Intel machine a stack of 15 saved only 6% per model over one of 6), and the probe's stacks mix the
-study's regularisers (none, L2, L1, dropout) as the study's stacks do: there, mixed stacks cost 25%
-more per model than plain ones at 16 members, 20% at 6.
+Per model, a larger stack does not pay there. Stacks of the study's presets, in one process, took
+0.51-0.53 ms per model and step at 4 members, 0.33-0.41 at 6 and 0.49-0.53 at 16 measured one after
+another, and 0.58, 0.58, 0.59 and 0.62 at 4, 6, 8 and 16 taking turns (`benchmarks/stack_step.py`);
+probes at 4 and 16 alone chose 16, and the five-seed study's stacks of 15 then trained at 0.90-0.98 s
+per model-epoch against 0.68-0.77 in the one-seed study's stack of 6. So the large probe is 8 members
+(on the Intel machine a stack of 15 saved only 6% per model over one of 6), and the probe's stacks mix
+the study's regularisers (none, L2, L1, dropout) as the study's stacks do: there, mixed stacks cost
+about 25% more per model than plain ones.
 
 The cache holds one file per machine (CPU or GPU model, core count, torch version) in the user cache.
 A file that does not parse, or that describes another machine, is ignored with a warning and measured

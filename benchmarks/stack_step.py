@@ -1,0 +1,90 @@
+"""Milliseconds per model and training step of the study's stacks, by stack size, in one process.
+
+A stack of M members cycles through the study's batch-32 presets of the final model (powerful, l2, l1,
+dropout, early-stopping, l2-strong), a seed for each round of them, on the real 50k split and the real
+batches of an epoch. The sizes take turns, round after round, so that the machine's drift falls on all
+of them alike; the calibration's probe of the same size runs beside them. The first step's time is the
+compile, or the load of a stored step (`train.stored_steps`).
+
+    python benchmarks/stack_step.py [--sizes 2 4 6 8 16] [--threads N] [--rounds 5] [--data-dir DIR]
+"""
+
+import argparse
+import dataclasses
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from mnistlab import data
+from mnistlab.spec import config
+from mnistlab.train import calibration
+from mnistlab.train.engine import Engine, flush_denormals
+from mnistlab.train.fit import Totals, _epoch_batches, _Lockstep
+from mnistlab.train.protocol import streams
+
+PRESETS = ("powerful", "l2", "l1", "dropout", "early-stopping", "l2-strong")
+STEPS = 300  # per round and size
+
+
+def study_stack(dataset, members: int):
+    """One round of `STEPS` real steps of a stack of `members`, as a callable returning ms per model-step."""
+    experiments = [config.load(name) for name in PRESETS]
+    hyperparameters = [
+        dataclasses.replace(experiments[i % len(PRESETS)].hyperparameters, seed=i // len(PRESETS))
+        for i in range(members)
+    ]
+    arch = experiments[0].architecture(inputs=dataset.train_images.shape[1], classes=len(dataset.classes))
+    x, y = dataset.train_images[:50_000], dataset.train_labels[:50_000]
+    seeds = [streams(h, phase=1) for h in hyperparameters]
+    stack = _Lockstep(arch, hyperparameters, seeds, (x, y), 32, Engine(torch.device("cpu"), precision="fp32"))
+    totals = Totals(torch.zeros(members), torch.zeros(members))
+    batches = list(_epoch_batches(stack.shufflers, 50_000, 32, torch.device("cpu")))
+    started = time.perf_counter()
+    stack.compiled(stack.state, x, y, batches[0], totals)
+    first = time.perf_counter() - started
+    turn = iter(range(1, len(batches) - 1))
+
+    def round_ms() -> float:
+        started = time.perf_counter()
+        for _ in range(STEPS):
+            stack.compiled(stack.state, x, y, batches[next(turn)], totals)
+        return (time.perf_counter() - started) / STEPS / members * 1e3
+
+    return first, round_ms
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", type=int, default=[2, 4, 6, 8, 16])
+    parser.add_argument("--threads", type=int, default=calibration.cores())
+    parser.add_argument("--rounds", type=int, default=5, help="at most 5: an epoch has 1,562 full batches")
+    parser.add_argument("--data-dir", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    flush_denormals()
+    dataset = data.load("mnist", args.data_dir, progress=False)
+    print(f"{calibration.cpu_name()}, {args.threads} threads, torch {torch.__version__}")
+    rounds, probes = {}, {}
+    for members in args.sizes:
+        first, rounds[members] = study_stack(dataset, members)
+        probes[members] = calibration._compiled_stack(torch.device("cpu"), members)
+        print(f"stack of {members}: first step {first:.1f} s (compiled, or loaded where stored)", flush=True)
+    study = {m: [] for m in args.sizes}
+    probe = {m: [] for m in args.sizes}
+    for _ in range(args.rounds):
+        for members in args.sizes:
+            study[members].append(rounds[members]())
+            probe[members].append(calibration._seconds_per_model_step(probes[members], members) * 1e3)
+    print("\n| members | study's stack, ms per model-step (median, range) | calibration's probe |")
+    print("|---|---|---|")
+    for m in args.sizes:
+        print(
+            f"| {m} | {statistics.median(study[m]):.3f} ({min(study[m]):.3f}-{max(study[m]):.3f})"
+            f" | {statistics.median(probe[m]):.3f} ({min(probe[m]):.3f}-{max(probe[m]):.3f}) |"
+        )
+
+
+if __name__ == "__main__":
+    main()
