@@ -28,9 +28,9 @@ PRESETS = ("powerful", "l2", "l1", "dropout", "early-stopping", "l2-strong")
 STEPS = 300  # per round and size
 
 
-def study_stack(dataset, members: int):
-    """One round of `STEPS` real steps of a stack of `members`, as a callable returning ms per model-step."""
-    experiments = [config.load(name) for name in PRESETS]
+def study_stack(dataset, experiments: list, members: int):
+    """The first step's seconds, and one round of `STEPS` real steps of a stack of `members` as a callable
+    returning ms per model-step."""
     hyperparameters = [
         dataclasses.replace(experiments[i % len(PRESETS)].hyperparameters, seed=i // len(PRESETS))
         for i in range(members)
@@ -66,9 +66,10 @@ def main() -> None:
     flush_denormals()
     dataset = data.load("mnist", args.data_dir, progress=False)
     print(f"{calibration.cpu_name()}, {args.threads} threads, torch {torch.__version__}")
+    experiments = [config.load(name) for name in PRESETS]
     rounds, probes = {}, {}
     for members in args.sizes:
-        first, rounds[members] = study_stack(dataset, members)
+        first, rounds[members] = study_stack(dataset, experiments, members)
         probes[members] = calibration._compiled_stack(torch.device("cpu"), members)
         print(f"stack of {members}: first step {first:.1f} s (compiled, or loaded where stored)", flush=True)
     study = {m: [] for m in args.sizes}

@@ -101,9 +101,8 @@ def _without_worker_profiler() -> Iterator[None]:
 
         worker = get_worker()
     except (ImportError, ValueError):  # not in a Dask worker
-        yield
-        return
-    sampling = worker.periodic_callbacks.get("profile")
+        worker = None
+    sampling = worker and worker.periodic_callbacks.get("profile")
     if sampling is None:
         yield
         return
