@@ -143,6 +143,15 @@ def test_stacks_split_so_that_every_worker_has_one():
     assert sorted(len(s) for s in stacks(runs, rows=512, workers=8)) == [1, 1, 1, 1]
 
 
+def test_runs_that_may_stop_early_stack_apart_in_balanced_stacks():
+    runs = [*_planned("powerful", 5), *_planned("l2", 5), *_planned("early-stopping", 5), *_planned("dropout", 15)]
+    grouped = stacks(runs, rows=32 * 4)
+    stopping = [s for s in grouped if s[0].experiment.hyperparameters.early_stopping]
+    assert all(r.experiment.hyperparameters.early_stopping for s in stopping for r in s)
+    assert sorted(len(s) for s in stopping) == [2, 3]
+    assert sorted(len(s) for s in grouped if s not in stopping) == [3, 3, 3, 4, 4, 4, 4]  # 25 in 7, not 6 x 4 + 1
+
+
 def test_an_interrupted_run_leaves_nothing(tmp_path, data_env, monkeypatch):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt

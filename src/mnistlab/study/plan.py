@@ -7,6 +7,7 @@ of one stack: `stacks`.
 """
 
 from dataclasses import dataclass
+from itertools import accumulate, pairwise
 
 from mnistlab.errors import ConfigError
 from mnistlab.spec import Experiment
@@ -46,18 +47,23 @@ def stacks(runs: list[PlannedRun], rows: int, workers: int = 1) -> list[list[Pla
 
     A stack holds at most `rows` rows per step (members x batch size; the calibration measures what
     pays), and a group splits into at least `workers` stacks where it has the runs, so that every
-    worker has a stack to train. The largest stacks come first: they are the ones to start early."""
+    worker has a stack to train. Runs that may stop early stack apart from those that train their whole
+    budget: a stack trains until its last member is done, and a member that stopped is frozen, not
+    removed, so it costs a step's share to the end (the study's early-stopping run stops at epoch 27 of 50).
+    The largest stacks come first: they are the ones to start early."""
     groups: dict[tuple, list[PlannedRun]] = {}
     for run in runs:
-        groups.setdefault(run.experiment.lockstep_key(), []).append(run)
+        may_stop = run.experiment.hyperparameters.early_stopping is not None
+        groups.setdefault((run.experiment.lockstep_key(), may_stop), []).append(run)
     result = []
     for group in groups.values():
         group.sort(key=lambda r: r.experiment.seed)  # stable: a stack holds whole seeds of the study
         batch = group[0].experiment.batch_size
         limit = max(1, rows // batch) if batch else 1  # a full batch needs no stacking
         count = max(-(-len(group) // limit), min(len(group), workers))
-        size = -(-len(group) // count)
-        result += [group[i : i + size] for i in range(0, len(group), size)]
+        small, larger = divmod(len(group), count)  # sizes differ by one at most: 25 in 7 is 4,4,4,4,3,3,3
+        edges = accumulate((small + (i < larger) for i in range(count)), initial=0)
+        result += [group[start:end] for start, end in pairwise(edges)]
     return sorted(result, key=cost, reverse=True)
 
 
