@@ -125,3 +125,47 @@ def test_a_worker_samples_no_stacks_while_it_trains():
     local = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
     with local, Client(local) as client:
         assert client.submit(_profiler_running_while_training_and_after).result(timeout=30) == (False, True)
+
+
+_SPANS = []  # (label, start, end, worker) of each stack _sleep_for_label trained
+
+
+def _sleep_for_label(task, data, progress=False):
+    """A stand-in for training (Dask copies what it is sent, so it notes into this module's list): a
+    stack sleeps its label's seconds."""
+    from distributed import get_worker
+
+    start = time.monotonic()
+    time.sleep(float(task.label))
+    _SPANS.append((task.label, start, time.monotonic(), get_worker().name))
+    return task.label
+
+
+class _Bytes:
+    def pack(self):
+        return b"data"
+
+
+def test_stacks_go_to_the_first_free_worker_in_the_plans_order(monkeypatch):
+    from dataclasses import replace
+
+    from distributed import Client, LocalCluster
+
+    from mnistlab.spec import Architecture
+    from mnistlab.study import executors
+
+    _SPANS.clear()
+    monkeypatch.setattr(executors, "train_stack", _sleep_for_label)
+    base = executors.StackTask(Architecture(784, (8,)), (), 32, ("mnist", 0), "cpu", "fp32", False, 1, "")
+    seconds = ["0.8", "0.3", "0.6", "0.2", "0.1"]  # the plan's order: the third should follow the second
+    tasks = [replace(base, label=s) for s in seconds]
+    local = LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None)
+    with local, Client(local) as client:
+        results = [outcome for _, outcome in executors.OnDask(client).run(tasks, {("mnist", 0): _Bytes()})]
+    assert sorted(results) == sorted(seconds)
+    spans = sorted(_SPANS, key=lambda span: span[1])
+    assert [label for label, *_ in spans] == seconds  # started in the plan's order
+    for label, start, _, _ in spans:  # never more stacks at once than worker threads
+        assert sum(s <= start < e for _, s, e, _ in spans) <= 2, label
+    where = {label: worker for label, _, _, worker in spans}
+    assert where["0.6"] == where["0.3"] != where["0.8"]  # the first worker free took the next stack
