@@ -132,7 +132,11 @@ def test_stacks_group_runs_that_can_share_a_step_balanced_within_the_row_budget(
     assert shapes == Counter(expected)
     assert all(len({r.experiment.lockstep_key() for r in s}) == 1 for s in grouped)
     nine = [s for s in grouped if s[0].experiment.hidden == wide and s[0].experiment.batch_size == 32]
-    assert [[r.experiment.seed for r in s] for s in nine] == [[0, 0, 1, 1, 2], [2, 3, 3, 4]]  # whole seeds, in order
+    # Runs whose steps do the same work together, by seed: the five powerful, then the four with dropout.
+    assert [[(r.experiment.name, r.experiment.seed) for r in s] for s in nine] == [
+        [("powerful", seed) for seed in range(5)],
+        [("dropout", seed) for seed in range(4)],
+    ]
     assert grouped[0] == nine[0]  # the most work first: the stack to start early
 
 

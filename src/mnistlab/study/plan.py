@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from itertools import accumulate, pairwise
 
 from mnistlab.errors import ConfigError
-from mnistlab.spec import Experiment
+from mnistlab.spec import Experiment, Hyperparameters
 from mnistlab.study.folder import RunFolder
 
 
@@ -50,14 +50,17 @@ def stacks(runs: list[PlannedRun], rows: int, workers: int = 1) -> list[list[Pla
     worker has a stack to train. Runs that may stop early stack apart from those that train their whole
     budget: a stack trains until its last member is done, and a member that stopped is frozen, not
     removed, so it costs a step's share to the end (the study's early-stopping run stops at epoch 27 of 50).
-    The largest stacks come first: they are the ones to start early."""
+    Within a group, runs whose steps do the same extra work (dropout masks, penalties, ...) stack
+    together: a step pays for what any member asks of it, and on 2 AMD vCPUs a stack of the study's
+    powerful, l2, l1 and dropout models cost 0.86 ms per model and step where four of each alone cost
+    0.72, 0.74, 0.77 and 0.97. The largest stacks come first: they are the ones to start early."""
     groups: dict[tuple, list[PlannedRun]] = {}
     for run in runs:
         may_stop = run.experiment.hyperparameters.early_stopping is not None
         groups.setdefault((run.experiment.lockstep_key(), may_stop), []).append(run)
     result = []
     for group in groups.values():
-        group.sort(key=lambda r: r.experiment.seed)  # stable: a stack holds whole seeds of the study
+        group.sort(key=lambda r: (step_extras(r.experiment.hyperparameters), r.experiment.seed))
         batch = group[0].experiment.batch_size
         limit = max(1, rows // batch) if batch else 1  # a full batch needs no stacking
         count = max(-(-len(group) // limit), min(len(group), workers))
@@ -65,6 +68,12 @@ def stacks(runs: list[PlannedRun], rows: int, workers: int = 1) -> list[list[Pla
         edges = accumulate((small + (i < larger) for i in range(count)), initial=0)
         result += [group[start:end] for start, end in pairwise(edges)]
     return sorted(result, key=cost, reverse=True)
+
+
+def step_extras(h: Hyperparameters) -> tuple[bool, ...]:
+    """Which optional work a member asks of every step of its stack."""
+    dropout = bool(h.dropout or h.input_dropout)
+    return dropout, bool(h.l1), bool(h.l2), bool(h.label_smoothing), bool(h.ema), h.augmentation is not None
 
 
 def cost(stack: list[PlannedRun]) -> int:
