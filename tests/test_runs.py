@@ -154,6 +154,11 @@ def test_runs_that_may_stop_early_stack_apart_in_balanced_stacks():
     assert all(r.experiment.hyperparameters.early_stopping for s in stopping for r in s)
     assert sorted(len(s) for s in stopping) == [2, 3]
     assert sorted(len(s) for s in grouped if s not in stopping) == [3, 3, 3, 4, 4, 4, 4]  # 25 in 7, not 6 x 4 + 1
+    # Of equal budgets, the run that trains its whole budget goes first, then the run that may stop.
+    alone = [
+        s[0].experiment.name for s in stacks([*_planned("early-stopping", 1), *_planned("final-as-written", 1)], 128)
+    ]
+    assert alone == ["final-as-written", "early-stopping"]
 
 
 def test_an_interrupted_run_leaves_nothing(tmp_path, data_env, monkeypatch):

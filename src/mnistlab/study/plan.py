@@ -56,8 +56,7 @@ def stacks(runs: list[PlannedRun], rows: int, workers: int = 1) -> list[list[Pla
     0.72, 0.74, 0.77 and 0.97. The largest stacks come first: they are the ones to start early."""
     groups: dict[tuple, list[PlannedRun]] = {}
     for run in runs:
-        may_stop = run.experiment.hyperparameters.early_stopping is not None
-        groups.setdefault((run.experiment.lockstep_key(), may_stop), []).append(run)
+        groups.setdefault((run.experiment.lockstep_key(), _may_stop(run)), []).append(run)
     result = []
     for group in groups.values():
         group.sort(key=lambda r: (step_extras(r.experiment.hyperparameters), r.experiment.seed))
@@ -67,7 +66,12 @@ def stacks(runs: list[PlannedRun], rows: int, workers: int = 1) -> list[list[Pla
         small, larger = divmod(len(group), count)  # sizes differ by one at most: 25 in 7 is 4,4,4,4,3,3,3
         edges = accumulate((small + (i < larger) for i in range(count)), initial=0)
         result += [group[start:end] for start, end in pairwise(edges)]
-    return sorted(result, key=cost, reverse=True)
+    # Of two stacks with the same budget, the one that may stop early goes later: it likely costs less.
+    return sorted(result, key=lambda stack: (cost(stack), not _may_stop(stack[0])), reverse=True)
+
+
+def _may_stop(run: PlannedRun) -> bool:
+    return run.experiment.hyperparameters.early_stopping is not None
 
 
 def step_extras(h: Hyperparameters) -> tuple[bool, ...]:
