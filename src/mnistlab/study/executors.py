@@ -181,10 +181,11 @@ class OnDask:
 
     @property
     def workers(self) -> int:
-        return max(1, len(self.client.scheduler_info(n_workers=-1)["workers"]))
+        return max(1, len(self._workers()))
 
-    def _threads(self) -> int:
-        return max(1, sum(w["nthreads"] for w in self.client.scheduler_info(n_workers=-1)["workers"].values()))
+    def _workers(self) -> list[dict]:
+        """What the scheduler knows of each worker now (one round trip)."""
+        return list(self.client.scheduler_info(n_workers=-1)["workers"].values())
 
     def run(self, tasks: list[StackTask], datasets: dict) -> Iterator[tuple[StackTask, StackOutcome]]:
         from distributed import as_completed
@@ -194,7 +195,8 @@ class OnDask:
 
         def submit_more():
             """Submit until every worker thread has a stack (workers that joined count from now)."""
-            while len(running) < self._threads() and (task := next(waiting, None)):
+            threads = max(1, sum(w["nthreads"] for w in self._workers()))
+            while len(running) < threads and (task := next(waiting, None)):
                 future = self.client.submit(train_stack, task, sent[task.source], pure=False)
                 running[future] = task
                 done.add(future)
