@@ -1,3 +1,4 @@
+import io
 import os
 import re
 import shutil
@@ -6,13 +7,17 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from mnistlab.cli import main
 from mnistlab.data import SPLITS
+from mnistlab.evaluation import figures
 from mnistlab.evaluation.analysis import ConfusedPair, Misclassified, analyse
 from mnistlab.evaluation.statistics import summarise
+from mnistlab.files import MARK
 from mnistlab.reporting import build, findings
 from mnistlab.spec import config
 from mnistlab.train.fit import Epoch
@@ -47,6 +52,30 @@ def test_analysis_on_hand_made_predictions():
     # analysis.json keeps scikit-learn's "class" key, and reads back to the same analysis.
     assert analysis.to_dict()["per_class"][0]["class"] == "a"
     assert type(analysis).from_dict(analysis.to_dict()) == analysis
+
+
+def _find(canvas: np.ndarray, tile: np.ndarray) -> tuple[int, int]:
+    """Where `tile` lies in `canvas`, pixel for pixel."""
+    rows = np.lib.stride_tricks.sliding_window_view(canvas, tile.shape[1], axis=1)
+    for y, x in zip(*np.nonzero((rows == tile[0]).all(axis=2)), strict=True):
+        if np.array_equal(canvas[y : y + tile.shape[0], x : x + tile.shape[1]], tile):
+            return int(y), int(x)
+    raise AssertionError("tile not in the grid")
+
+
+def test_a_digit_grid_shows_each_digit_whole_in_order_under_its_caption():
+    rng = np.random.default_rng(0)
+    digits = [rng.integers(0, 256, (28, 28), dtype=np.uint8) for _ in range(5)]  # noise: each tile is unique
+    png = figures.digit_grid(digits, [f"#{i} true 3\nread 5 5" for i in range(5)], "five tiles", columns=3, scale=2)
+    image = Image.open(io.BytesIO(png))
+    assert image.text["Software"] == MARK
+    canvas = np.asarray(image.convert("L"))
+    # Ink dark on white, as the data's digits are drawn everywhere else, each pixel a 2x2 block.
+    places = [_find(canvas, np.kron(255 - d, np.ones((2, 2), np.uint8))) for d in digits]
+    (y0, x0), (y1, x1), (y2, x2), (y3, x3), (y4, x4) = places
+    assert y0 == y1 == y2 < y3 == y4 and x0 < x1 < x2 and (x3, x4) == (x0, x1)  # three across, then the rest
+    for y, x in places:
+        assert canvas[y - 20 : y, x : x + 56].min() < 100  # a caption's ink just above the digit
 
 
 def test_seed_statistics():
