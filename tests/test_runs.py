@@ -60,6 +60,21 @@ def test_run_writes_a_complete_run_folder(tmp_path, data_env, mnist):
     assert environment["compiled"] is False
 
 
+def test_an_aggregate_is_written_when_its_last_seed_lands_not_after_the_plan(tmp_path, data_env):
+    args = ["study", "--presets", "provided", "powerful", "--epochs", "1", "--seeds", "2", "--workers", "1"]
+    assert main([*args, *FAST, "--out", str(tmp_path)]) == 0
+    # Two architectures, two stacks; the larger trains first, and its aggregate comes before the other's runs.
+    powerful, provided = (tmp_path / name for name in ("powerful", "provided"))
+    assert json.loads((powerful / "aggregate.json").read_text())["seeds"] == [0, 1]
+    for seed in (0, 1):
+        assert (powerful / "aggregate.json").stat().st_mtime_ns < (
+            provided / f"seed-{seed}" / "metrics.json"
+        ).stat().st_mtime_ns
+        assert (provided / f"seed-{seed}" / "metrics.json").stat().st_mtime_ns < (
+            provided / "aggregate.json"
+        ).stat().st_mtime_ns
+
+
 def test_config_written_by_a_run_runs_again_to_the_same_result(tmp_path, data_env):
     first, second = tmp_path / "first", tmp_path / "second"
     assert main(["run", "provided", "--epochs", "1", "--seed", "5", *FAST, "--out", str(first)]) == 0

@@ -70,6 +70,12 @@ def execute(
         stack_of = {id(task): stack for task, stack in zip(tasks, plan, strict=True)}
         for stack in plan:
             log(f"training {len(stack)} in lockstep: {_names(stack)}")
+        # A multi-seed folder's aggregate is written when its last seed lands, not after the whole plan:
+        # while the last stacks train, a core is often free for it.
+        unwritten: dict[RunFolder, set[RunFolder]] = {}
+        for run in runs:
+            if run.folder.is_seed_run:
+                unwritten.setdefault(RunFolder(run.folder.path.parent), set()).add(run.folder)
         started = time.time()
         for task, outcome in where.run(tasks, datasets):
             stack = stack_of[id(task)]
@@ -79,8 +85,11 @@ def execute(
                     environment = _environment(outcome, run.experiment.seed, result.seconds, started, len(stack))
                     metrics = write_run(run.folder, run.experiment, result, task.arch, dataset, environment, len(stack))
                     log(f"  {run.folder.path}: test accuracy {metrics.scores['test'].accuracy:.4f}")
-    for parent in dict.fromkeys(RunFolder(r.folder.path.parent) for r in runs if r.folder.is_seed_run):
-        write_aggregate(parent)
+                    if run.folder.is_seed_run:
+                        parent = RunFolder(run.folder.path.parent)
+                        unwritten[parent].discard(run.folder)
+                        if not unwritten[parent]:
+                            write_aggregate(parent)
 
 
 def _threads(placement: Placement, tuned: Calibration, workers: int, stacks: int) -> int | None:
