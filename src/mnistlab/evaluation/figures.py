@@ -1,4 +1,5 @@
-"""The lab report's figures, for any run: PNG files drawn headless with matplotlib.
+"""The lab report's figures, for any run: PNG files drawn headless with matplotlib, and grids of digits
+pasted with Pillow.
 
 Curves take one history (a list of `Epoch`) per seed: one seed draws a line, several draw their mean
 with a band of one standard deviation around it. Figures are built on `matplotlib.figure.Figure` rather than
