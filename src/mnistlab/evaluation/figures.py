@@ -104,12 +104,12 @@ def retraining_curve(histories: list[list[Epoch]], path: Path, title: str) -> No
 
 
 def misclassified_grid(
-    images: np.ndarray, misclassified: list[Misclassified], classes: list[str], path: Path, title: str
+    images: dict[int, np.ndarray], misclassified: list[Misclassified], classes: list[str], path: Path, title: str
 ) -> None:
-    """The first 9 misclassified test images with true label, prediction and confidence (figure 3)."""
-    side = int(round(np.sqrt(images.shape[1])))
+    """The first 9 misclassified test images with true label, prediction and confidence (figure 3).
+    images: test index -> uint8 image, as a run folder keeps them (`analysis.error_images`)."""
     shown = misclassified[:9]
-    digits = [np.round(images[m.index].reshape(side, -1) * 255).astype(np.uint8) for m in shown]
+    digits = [images[m.index] for m in shown]
     captions = [
         f"#{m.index}: true {classes[m.true]}\npredicted {classes[m.predicted]} ({m.confidence:.0%})" for m in shown
     ]

@@ -87,7 +87,8 @@ def write_analysis(folder: RunFolder, result: RunResult, arch: Architecture, dat
     sizes = dataset.split_sizes()
     analysis = analyse(predict(result.weights.cpu(), arch, test_x), test_y, list(dataset.classes))
     folder.file(RunFolder.ANALYSIS).write_text(json.dumps(analysis.to_dict(), indent=1) + "\n")
-    save_file(error_images(analysis, test_x, dataset.image_shape), folder.file(RunFolder.ERROR_IMAGES))
+    errors = error_images(analysis, test_x, dataset.image_shape)
+    save_file(errors, folder.file(RunFolder.ERROR_IMAGES))
     figures.validation_curves(
         [result.phase1.history],
         folder.file(RunFolder.VALIDATION_CURVES),
@@ -100,7 +101,7 @@ def write_analysis(folder: RunFolder, result: RunResult, arch: Architecture, dat
         f"{title}: retraining on {size_label(sizes['full'])}",
     )
     figures.misclassified_grid(
-        test_x.numpy(),
+        dict(zip(errors["indices"].tolist(), errors["images"].numpy(), strict=True)),
         analysis.misclassified,
         analysis.classes,
         folder.file(RunFolder.MISCLASSIFIED),
