@@ -48,7 +48,8 @@ FORMAT = 2  # 2: probes of mixed regularisers, up to 8 members on a CPU
 PROBE_ARCH = Architecture(784, (128, 128, 64, 64, 32))  # the lab's final model, which most runs are
 PROBE_BATCH = 32
 PROBE_MEMBERS = {"cpu": (4, 8), "cuda": (16, 256)}  # a small and a large stack
-PROBE_STEPS = 100
+PROBE_STEPS = 100  # per round
+PROBE_ROUNDS = 3
 
 
 class CalibrationWarning(UserWarning):
@@ -192,25 +193,37 @@ def read(path: Path, expected: dict) -> Calibration | None:
 def measure(device: torch.device) -> Calibration:
     """Time the compiled training step in probe processes and decide (see the module's docstring).
 
-    Every probe process compiles its steps at once, which overlaps the compiling; then the timings run
-    one group at a time: the single-threaded processes together, the one using every core alone, and
-    one single-threaded process alone."""
+    The process using every core and the first single-threaded one compile their steps at once, which
+    overlaps the compiling. The other single-threaded processes would compile the very same steps, so
+    they start when the first is ready and load what it stored (`stored_steps`): on 2 AMD vCPUs, three
+    processes compiling side by side took 107-112 s, two and then a load 84-87 s. Then the groups take
+    turns timing, round after round: the single-threaded processes together, the one using every core
+    alone, and one single-threaded process alone."""
     start = time.perf_counter()
     all_cores = cores() if device.type == "cpu" else 1
     sizes = PROBE_MEMBERS[device.type]
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no threads or state of ours
     every = _ProbeProcess(context, device, max(all_cores, 1), sizes)
-    singles = [_ProbeProcess(context, device, 1, sizes) for _ in range(all_cores)] if all_cores > 1 else []
+    singles = [_ProbeProcess(context, device, 1, sizes)] if all_cores > 1 else []
     try:
-        for probe in (every, *singles):
-            probe.wait_ready()
-        probes = []
-        for members in sizes:
-            probes.append(Probe(1, all_cores, members, _together([every], members)))
-            if singles:
-                probes.append(Probe(all_cores, 1, members, _together(singles, members)))
         if singles:
-            probes.append(Probe(1, 1, sizes[0], _together(singles[:1], sizes[0])))
+            singles[0].wait_ready()
+            singles += [_ProbeProcess(context, device, 1, sizes) for _ in range(all_cores - 1)]
+        for probe in (every, *singles[1:]):
+            probe.wait_ready()
+        groups = []  # (processes, threads, members, the probe processes timed together)
+        for members in sizes:
+            groups.append((1, all_cores, members, [every]))
+            if singles:
+                groups.append((all_cores, 1, members, singles))
+        if singles:
+            groups.append((1, 1, sizes[0], singles[:1]))
+        # Rounds taking turns, the fastest of each kept: the machine's drift falls on every group alike.
+        rounds = [[] for _ in groups]
+        for _ in range(PROBE_ROUNDS):
+            for timed, (_, _, members, group) in zip(rounds, groups, strict=True):
+                timed.append(_together(group, members))
+        probes = [Probe(p, t, m, min(timed)) for (p, t, m, _), timed in zip(groups, rounds, strict=True)]
     finally:
         for probe in (every, *singles):
             probe.close()
@@ -322,16 +335,14 @@ def _compiled_stack(device: torch.device, members: int):
 
 
 def _seconds_per_model_step(step, members: int) -> float:
+    """One round of `PROBE_STEPS` steps, per model and step."""
     device = torch.device("cuda") if torch.cuda.is_initialized() else torch.device("cpu")
-    rounds = []
-    for _ in range(3):
-        _sync(device)
-        started = time.perf_counter()
-        for _ in range(PROBE_STEPS):
-            step()
-        _sync(device)
-        rounds.append((time.perf_counter() - started) / PROBE_STEPS / members)
-    return min(rounds)
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(PROBE_STEPS):
+        step()
+    _sync(device)
+    return (time.perf_counter() - started) / PROBE_STEPS / members
 
 
 def _bf16_min_macs(device: torch.device) -> int | None:
