@@ -39,7 +39,7 @@ def test_one_process_of_every_core_wins_only_where_it_beats_the_workers_by_more_
     # Processes that scale: one per core, each with one thread, the smaller stack.
     scaling = (Probe(1, 2, 4, 0.6e-3), Probe(1, 2, 16, 0.6e-3), Probe(2, 1, 4, 0.4e-3), Probe(2, 1, 16, 0.41e-3))
     assert decide((*scaling, Probe(1, 1, 4, 0.8e-3)), all_cores=2) == (2, 1, 2, 4)
-    # A tie, as an AMD EPYC measured it (0.326 ms both ways at 4): the workers, whose study took 558 s
+    # A tie, as an AMD EPYC measured it (0.326 ms both ways at 4): the workers, whose study took 564 s
     # where one process took 829.
     tie = (Probe(1, 2, 4, 0.326e-3), Probe(2, 1, 4, 0.326e-3), Probe(1, 2, 8, 0.435e-3), Probe(2, 1, 8, 0.364e-3))
     assert decide((*tie, Probe(1, 1, 4, 0.587e-3)), all_cores=2) == (2, 1, 2, 4)

@@ -18,10 +18,11 @@ the study's regularisers (none, L2, L1, dropout) as the study's stacks do: there
 about 25% more per model than plain ones.
 
 Between the two ways to use the cores, ties go to the worker processes. The probes' stacks of four and
-eight split evenly over two threads; a plan's stacks of one to three members do not. The one-seed
-study's stacks trained 0.97 (one member), 1.06, 1.30 (three) and 1.38 (two) times as fast on two threads
-in one process as on one thread in a worker beside another, and 1.68 for the full batch; with probes of
-0.326 ms per model-step both ways, the study took 829 s in one process where two workers had taken 558.
+eight split evenly over two threads; a plan's stacks of one to three members do not. On 2 AMD EPYC
+vCPUs, probes of 0.326 ms per model-step both ways kept one process, and the one-seed study took 829 s
+there; calibrated again 20 minutes later, two workers took 564 s. Its stacks trained 1.00 and 1.19 (one
+member), 1.30 (three) and 1.41 (two) times as fast on two threads in one process as on one thread in a
+worker beside another, and 1.63 for the full batch.
 
 The cache holds one file per machine (CPU or GPU model, core count, torch version) in the user cache.
 A file that does not parse, or that describes another machine, is ignored with a warning and measured
