@@ -202,7 +202,8 @@ def measure(device: torch.device) -> Calibration:
 
     The process using every core and the first single-threaded one compile their steps at once, which
     overlaps the compiling. The other single-threaded processes would compile the very same steps, so
-    they start when the first is ready and load what it stored (`stored_steps`): on 2 AMD vCPUs, three
+    they start when the first is ready and load what it stored (`stored_steps`; where nothing can be
+    stored, as with TORCHINDUCTOR_FORCE_DISABLE_CACHES=1, they compile after it): on 2 AMD vCPUs, three
     processes compiling side by side took 107-112 s, two and then a load 84-87 s. Then the groups take
     turns timing, round after round: the single-threaded processes together, the one using every core
     alone, and one single-threaded process alone."""
