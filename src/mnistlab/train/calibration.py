@@ -268,7 +268,7 @@ def decide(probes: tuple[Probe, ...], all_cores: int) -> tuple[int, int, int, in
         same_size = [p for p in probes if (p.processes, p.threads, p.members) == (1, all_cores, single.members)]
         if same_size and single.seconds_per_model_step < same_size[0].seconds_per_model_step:
             threads_alone = 1
-    if spread is not None and all_cores > 1 and not shared.seconds_per_model_step * 1.1 < spread.seconds_per_model_step:
+    if spread is not None and all_cores > 1 and spread.seconds_per_model_step <= 1.1 * shared.seconds_per_model_step:
         return all_cores, 1, threads_alone, spread.members
     return 1, all_cores, threads_alone, shared.members
 
