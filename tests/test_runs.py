@@ -127,6 +127,18 @@ def test_experiments_that_differ_only_in_name_train_once(tmp_path, data_env, cap
     assert torch.equal(dropout.folder.read_weights()[0], final.folder.read_weights()[0])
 
 
+def test_early_stopping_on_a_model_the_study_also_trains_whole_is_read_off_its_training(tmp_path, data_env, capsys):
+    args = ["study", "--presets", "powerful", "early-stopping", "--epochs", "2", *FAST[:-1], "--out", str(tmp_path)]
+    assert main(args) == 0
+    assert "training 1 in lockstep: powerful (seed 0); early-stopping (seed 0) as the first epochs of" in (
+        capsys.readouterr().out
+    )
+    powerful, stopping = (Run.load(tmp_path / name) for name in ("powerful", "early-stopping"))
+    assert stopping.metrics.scores == powerful.metrics.scores
+    assert torch.equal(stopping.folder.read_weights()[0], powerful.folder.read_weights()[0])
+    assert stopping.folder.read_config()["early_stopping"]["patience"] == 15
+
+
 def _planned(name: str, seeds: int, overrides=()) -> list[PlannedRun]:
     return seed_runs(config.load(name, list(overrides)), RunFolder(Path("x") / name), seeds)
 
@@ -163,7 +175,8 @@ def test_stacks_split_so_that_every_worker_has_one():
 
 
 def test_runs_that_may_stop_early_stack_apart_in_balanced_stacks():
-    runs = [*_planned("powerful", 5), *_planned("l2", 5), *_planned("early-stopping", 5), *_planned("dropout", 15)]
+    stopping = _planned("early-stopping", 5, ["seed=5"])  # seeds no powerful run has: no run to ride
+    runs = [*_planned("powerful", 5), *_planned("l2", 5), *stopping, *_planned("dropout", 15)]
     grouped = stacks(runs, rows=32 * 4)
     stopping = [s for s in grouped if s[0].experiment.hyperparameters.early_stopping]
     assert all(r.experiment.hyperparameters.early_stopping for s in stopping for r in s)
@@ -174,6 +187,17 @@ def test_runs_that_may_stop_early_stack_apart_in_balanced_stacks():
         s[0].experiment.name for s in stacks([*_planned("early-stopping", 1), *_planned("final-as-written", 1)], 128)
     ]
     assert alone == ["final-as-written", "early-stopping"]
+
+
+def test_a_run_that_is_the_first_epochs_of_another_rides_in_its_stack_as_no_row():
+    runs = [*_planned("powerful", 6), *_planned("early-stopping", 3), *_planned("l2", 2)]
+    grouped = stacks(runs, rows=32 * 4, workers=2)
+    rows = [[r for r in s if not r.experiment.hyperparameters.early_stopping] for s in grouped]
+    assert sorted(len(s) for s in rows) == [4, 4]  # 8 runs to train in stacks of at most 4
+    for stack in grouped:
+        powerful = {r.experiment.seed for r in stack if r.experiment.name == "powerful"}
+        assert {r.experiment.seed for r in stack if r.experiment.name == "early-stopping"} == powerful & {0, 1, 2}
+    assert sum(len(s) for s in grouped) == len(runs)
 
 
 def test_an_interrupted_run_leaves_nothing(tmp_path, data_env, monkeypatch):

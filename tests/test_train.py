@@ -6,9 +6,10 @@ import torch
 
 from mnistlab.nn import mlp as model
 from mnistlab.nn.mlp import Penalties, Regularization
-from mnistlab.spec import Architecture, EarlyStopping
+from mnistlab.spec import Architecture, EarlyStopping, leaders
 from mnistlab.spec import Hyperparameters as Member
 from mnistlab.study.write import curve_marks
+from mnistlab.train import fit as fit_module
 from mnistlab.train.engine import Engine
 from mnistlab.train.fit import ADAM_EPSILON, StackState, Totals, _Stopper, fit, seed_for, train_step
 from mnistlab.train.protocol import streams, train_protocol
@@ -150,6 +151,49 @@ def test_best_weights_restored_also_when_the_last_epoch_ends_the_run():
     assert not result.stopped_early and result.epochs == 4 and result.best_epoch < 4
     (until_best,) = _fit([replace(member, epochs=result.best_epoch, early_stopping=None)], train, evaluation, 32)
     assert torch.equal(result.params, until_best.params)
+
+
+def test_a_member_rides_the_longest_member_whose_first_epochs_are_its_training():
+    whole = Member(seed=0, learning_rate=1e-3, epochs=10)
+    stopping = replace(whole, early_stopping=EarlyStopping(patience=2))
+    members = [
+        stopping,
+        replace(whole, epochs=5),  # a shorter budget: the first epochs of the whole run
+        whole,
+        replace(whole, epochs=12, early_stopping=EarlyStopping()),  # may stop: nobody's prefix, no leader
+        replace(stopping, epochs=12),  # a longer budget than the whole run's
+        replace(stopping, schedule="cosine"),  # its rates depend on its budget
+        replace(stopping, seed=1),
+        replace(stopping, l2=1e-4),
+        whole,  # a twin: the first of equals leads
+    ]
+    assert leaders(members) == [2, 2, 2, 3, 4, 5, 6, 7, 2]
+    assert leaders([stopping, whole], keys=["a", "b"]) == [0, 1]  # other random streams
+
+
+def test_a_run_that_is_the_first_epochs_of_another_is_read_off_its_training(monkeypatch):
+    """Early stopping on a model that also trains its whole budget costs no row of the stack: its history is
+    the whole run's first epochs, and its weights those of a run of that many epochs, bit for bit."""
+    train, evaluation = _memorise_then_diverge()
+    whole = Member(seed=4, learning_rate=1e-2, epochs=12)
+    last = replace(whole, early_stopping=EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=False))
+    best = replace(whole, early_stopping=EarlyStopping(monitor="val_loss", patience=2))
+    rows = []
+    lockstep = fit_module._Lockstep
+    monkeypatch.setattr(
+        fit_module, "_Lockstep", lambda arch, members, *a: rows.append(members) or lockstep(arch, members, *a)
+    )
+    stopped_last, trained, stopped_best = _fit([last, whole, best], train, evaluation, 32)
+    assert rows == [[whole]]
+    assert trained.epochs == 12 and stopped_last.stopped_early and stopped_best.stopped_early
+    assert stopped_last.history == stopped_best.history == trained.history[: stopped_last.epochs]
+    losses = [e.eval_loss for e in trained.history]
+    assert stopped_best.best_epoch == 1 + losses.index(min(losses)) == stopped_last.epochs - 2
+    for result, epochs in [(stopped_best, stopped_best.best_epoch), (stopped_last, stopped_last.epochs)]:
+        (alone,) = _fit([replace(whole, epochs=epochs)], train, evaluation, 32)
+        assert torch.equal(result.params, alone.params)
+    numbers = [(e.loss, e.accuracy, e.eval_loss, e.eval_accuracy) for e in alone.history]
+    assert [(e.loss, e.accuracy, e.eval_loss, e.eval_accuracy) for e in stopped_best.history] == numbers
 
 
 def test_stopper_follows_keras_rules():

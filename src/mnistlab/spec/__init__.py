@@ -10,6 +10,7 @@ from mnistlab.spec.experiment import (
     EarlyStopping,
     Experiment,
     Hyperparameters,
+    leaders,
 )
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "EarlyStopping",
     "Experiment",
     "Hyperparameters",
+    "leaders",
 ]

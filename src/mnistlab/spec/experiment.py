@@ -8,6 +8,7 @@ and the training code that uses it.
 """
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from mnistlab.errors import ConfigError
@@ -96,6 +97,34 @@ class Hyperparameters:
     warmup_epochs: int = 0  # linear warm-up of the learning rate before the schedule
     ema: float = 0.0  # decay of an exponential moving average of the weights, evaluated and kept; 0: none
     augmentation: Augmentation | None = None
+
+    def is_prefix_of(self, other: "Hyperparameters") -> bool:
+        """Whether this member's training is the first epochs of `other`'s: the same numbers and seed but
+        for a budget no longer, `other` training its whole budget, and learning rates that do not depend
+        on the budget (no cosine). Its own early stopping then only says where along other's training it
+        ends, so one training gives both (`leaders`)."""
+        return (
+            other.early_stopping is None
+            and self.epochs <= other.epochs
+            and self.schedule == "constant"
+            and replace(self, epochs=other.epochs, early_stopping=None) == other
+        )
+
+
+def leaders(members: Sequence[Hyperparameters], keys: Sequence | None = None) -> list[int]:
+    """For each member, the member whose training also gives its own: the longest of those it is a prefix
+    of (the first of equals), else itself. Where `keys` are given (random streams), only members with
+    equal keys share. The study's early-stopping run is the first 27 epochs of its powerful run."""
+    keys = keys if keys is not None else [None] * len(members)
+    result = []
+    for member, key in zip(members, keys, strict=True):
+        candidates = [
+            (-other.epochs, index)
+            for index, (other, other_key) in enumerate(zip(members, keys, strict=True))
+            if other_key == key and member.is_prefix_of(other)
+        ]
+        result.append(min(candidates)[1] if candidates else len(result))
+    return result
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from mnistlab import __version__, data
+from mnistlab.spec import leaders
 from mnistlab.study.executors import StackOutcome, StackTask, executor
 from mnistlab.study.folder import RunFolder
 from mnistlab.study.plan import PlannedRun, stacks, twins
@@ -69,7 +70,7 @@ def execute(
         tasks = [_task(stack, datasets[_source(stack)], placement, threads) for stack in plan]
         stack_of = {id(task): stack for task, stack in zip(tasks, plan, strict=True)}
         for stack in plan:
-            log(f"training {len(stack)} in lockstep: {_names(stack)}")
+            log(_describe(stack))
         # A multi-seed folder's aggregate is written when its last seed lands, not after the whole plan:
         # while the last stacks train, a core is often free for it.
         unwritten: dict[RunFolder, set[RunFolder]] = {}
@@ -119,6 +120,18 @@ def _task(stack: list[PlannedRun], dataset: data.Dataset, placement: Placement, 
         threads=threads,
         label=first.name if len(stack) == 1 else f"{len(stack)} models",
     )
+
+
+def _describe(stack: list[PlannedRun]) -> str:
+    """What a stack trains: its rows, and the runs that ride them (`spec.leaders`)."""
+    leader = leaders([r.experiment.hyperparameters for r in stack])
+    rows = [run for index, run in enumerate(stack) if leader[index] == index]
+    riders = [
+        f"; {run.name} as the first epochs of {stack[lead].name}"
+        for run, lead in zip(stack, leader, strict=True)
+        if run is not stack[lead]
+    ]
+    return f"training {len(rows)} in lockstep: {_names(rows)}{''.join(riders)}"
 
 
 def _names(runs: list[PlannedRun]) -> str:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from itertools import accumulate, pairwise
 
 from mnistlab.errors import ConfigError
-from mnistlab.spec import Experiment, Hyperparameters
+from mnistlab.spec import Experiment, Hyperparameters, leaders
 from mnistlab.study.folder import RunFolder
 
 
@@ -43,7 +43,8 @@ def twins(runs: list[PlannedRun]) -> dict[tuple, list[PlannedRun]]:
 
 
 def stacks(runs: list[PlannedRun], rows: int, workers: int = 1) -> list[list[PlannedRun]]:
-    """Runs grouped into lockstep stacks: same lockstep key, balanced sizes, by seed.
+    """Runs grouped into lockstep stacks: same lockstep key, balanced sizes, by seed; a run whose training
+    is the first epochs of another's (`spec.leaders`) rides in that run's stack, as no row of its own.
 
     A stack holds at most `rows` rows per step (members x batch size; the calibration measures what
     pays), and a group splits into at least `workers` stacks where it has the runs, so that every
@@ -54,9 +55,12 @@ def stacks(runs: list[PlannedRun], rows: int, workers: int = 1) -> list[list[Pla
     together: a step pays for what any member asks of it, and on 2 AMD vCPUs a stack of the study's
     powerful, l2, l1 and dropout models cost 0.86 ms per model and step where four of each alone cost
     0.72, 0.74, 0.77 and 0.97. The largest stacks come first: they are the ones to start early."""
+    riders = _riders(runs)
+    riding = {rider.folder for rider, _ in riders}
     groups: dict[tuple, list[PlannedRun]] = {}
     for run in runs:
-        groups.setdefault((run.experiment.lockstep_key(), _may_stop(run)), []).append(run)
+        if run.folder not in riding:
+            groups.setdefault((run.experiment.lockstep_key(), _may_stop(run)), []).append(run)
     result = []
     for group in groups.values():
         group.sort(key=lambda r: (step_extras(r.experiment.hyperparameters), r.experiment.seed))
@@ -67,7 +71,23 @@ def stacks(runs: list[PlannedRun], rows: int, workers: int = 1) -> list[list[Pla
         edges = accumulate((small + (i < larger) for i in range(count)), initial=0)
         result += [group[start:end] for start, end in pairwise(edges)]
     # Of two stacks with the same budget, the one that may stop early goes later: it likely costs less.
-    return sorted(result, key=lambda stack: (cost(stack), not _may_stop(stack[0])), reverse=True)
+    result.sort(key=lambda stack: (cost(stack), not _may_stop(stack[0])), reverse=True)
+    for stack in result:
+        stack += [rider for rider, leader in riders if leader.folder in {run.folder for run in stack}]
+    return result
+
+
+def _riders(runs: list[PlannedRun]) -> list[tuple[PlannedRun, PlannedRun]]:
+    """(run, the run whose training gives its own) pairs (`spec.leaders`), among runs of one lockstep key."""
+    groups: dict[tuple, list[PlannedRun]] = {}
+    for run in runs:
+        groups.setdefault(run.experiment.lockstep_key(), []).append(run)
+    pairs = []
+    for group in groups.values():
+        for run, leader in zip(group, leaders([r.experiment.hyperparameters for r in group]), strict=True):
+            if group[leader] is not run:
+                pairs.append((run, group[leader]))
+    return pairs
 
 
 def _may_stop(run: PlannedRun) -> bool:

@@ -4,7 +4,9 @@
 (learning rate and its schedule, penalties, dropout rates, label smoothing, epoch budget, early
 stopping, a moving average of its weights, image distortions) and its own random streams (initial
 weights, data order, dropout masks, distortions); a member that is done is frozen (its updates are
-multiplied by zero) while the others go on. What no member asks for is left out of the compiled step,
+multiplied by zero) while the others go on. A member whose training is the first epochs of another's
+(`spec.leaders`: the early-stopping run of a model also trained whole) is no row of the stack: it reads
+its numbers and weights off that member's row until it ends. What no member asks for is left out of the compiled step,
 so the lab's presets train exactly as they did before these existed. Data stays on the device as
 tensors indexed by a per-epoch permutation: no DataLoader, and no host sync inside an epoch unless a
 progress bar asks for live numbers.
@@ -31,7 +33,7 @@ from mnistlab.nn.mlp import (
     mean_grads,
     penalty,
 )
-from mnistlab.spec import Architecture, EarlyStopping, Hyperparameters
+from mnistlab.spec import Architecture, EarlyStopping, Hyperparameters, leaders
 from mnistlab.train.augment import distort, strengths
 from mnistlab.train.engine import Engine, compile_step, flush_denormals
 from mnistlab.train.progress import ProgressBars
@@ -242,8 +244,10 @@ def fit(
     every epoch. batch_size None: full batch."""
     if engine.device.type == "cpu":
         flush_denormals()
-    stack = _Lockstep(arch, members, streams, train, batch_size, engine)
-    tracker = _Tracker(members, stack.state.params)
+    leader = leaders(members, streams)
+    trained = sorted(set(leader))
+    stack = _Lockstep(arch, [members[i] for i in trained], [streams[i] for i in trained], train, batch_size, engine)
+    tracker = _Tracker(members, [trained.index(i) for i in leader], stack.state.params)
     steps = -(-len(train[1]) // stack.batch_size)
     for epoch in range(1, tracker.last_epoch + 1):
         start = time.perf_counter()
@@ -253,11 +257,11 @@ def fit(
             eval_loss, eval_acc = evaluate(params, arch, stack.state.reg, *evaluation)
             # The epoch's one host sync.
             numbers = EpochNumbers(*torch.stack([train_loss, train_acc, eval_loss, eval_acc]).tolist())
-            bar.finish(numbers, tracker.running)
+            bar.finish(numbers, tracker.running_rows)
         tracker.end_epoch(epoch, numbers, time.perf_counter() - start, params, stack.state.active)
         if not tracker.running:
             break
-    return tracker.fits(stack.state.params)
+    return tracker.fits()
 
 
 class _Lockstep:
@@ -385,22 +389,33 @@ def _epoch_batches(shufflers: list[torch.Generator], size: int, batch_size: int,
 
 
 class _Tracker:
-    """Per-member bookkeeping between epochs: histories, epoch budgets, early stopping, best weights."""
+    """Per-member bookkeeping between epochs: histories, epoch budgets, early stopping, best weights.
 
-    def __init__(self, members: list[Hyperparameters], params: torch.Tensor):
-        self.members = members
+    Member i reads row `rows[i]` of the stack: its own, or the row of the member it is a prefix of. A row
+    is frozen once every member reading it is done, and a member keeps its weights as it ends."""
+
+    def __init__(self, members: list[Hyperparameters], rows: list[int], params: torch.Tensor):
+        self.members, self.rows = members, rows
         self.stoppers = [_Stopper(m.early_stopping) if m.early_stopping else None for m in members]
         self.restoring = [s is not None and s.rule.restore_best_weights for s in self.stoppers]
-        self.best_params = params.clone() if any(self.restoring) else None
+        self.best_params = params[rows].clone() if any(self.restoring) else None
+        self.final_params: list[torch.Tensor | None] = [None] * len(members)
         self.histories: list[list[Epoch]] = [[] for _ in members]
         self.stopped = [False] * len(members)
         self.running = list(range(len(members)))
         self.last_epoch = max(m.epochs for m in members)
 
+    @property
+    def running_rows(self) -> list[int]:
+        """The rows that running members read, each once."""
+        return sorted({self.rows[member] for member in self.running})
+
     def end_epoch(self, epoch: int, numbers: EpochNumbers, seconds: float, params, active) -> None:
-        """Record the epoch for the running members; freeze those that are done."""
+        """Record the epoch for the running members; keep the weights of those that are done, and freeze
+        the rows that no running member reads."""
         for member in list(self.running):
-            record = Epoch(epoch, *(column[member] for column in numbers), seconds)
+            row = self.rows[member]
+            record = Epoch(epoch, *(column[row] for column in numbers), seconds)
             self.histories[member].append(record)
             done = epoch >= self.members[member].epochs
             stopper = self.stoppers[member]
@@ -413,24 +428,24 @@ class _Tracker:
                 }
                 improved, stop = stopper.update(epoch, monitored[stopper.rule.monitor])
                 if improved and self.restoring[member]:
-                    self.best_params[member] = params[member]
+                    self.best_params[member] = params[row]
                 self.stopped[member] = stop and not done
                 done = done or stop
             if done:
                 self.running.remove(member)
-                active[member] = 0.0
+                kept = self.best_params[member] if self.restoring[member] else params[row]
+                self.final_params[member] = kept.clone()
+        for row in set(self.rows) - set(self.running_rows):
+            active[row] = 0.0
 
-    def fits(self, params: torch.Tensor) -> list[Fit]:
-        fits = []
-        for member, stopper in enumerate(self.stoppers):
-            final = self.best_params[member] if self.restoring[member] else params[member]
-            fits.append(
-                Fit(
-                    params=final.clone(),
-                    history=self.histories[member],
-                    best_epoch=stopper and stopper.best_epoch,
-                    stopped_early=self.stopped[member],
-                    restored_best=self.restoring[member],
-                )
+    def fits(self) -> list[Fit]:
+        return [
+            Fit(
+                params=self.final_params[member],
+                history=self.histories[member],
+                best_epoch=stopper and stopper.best_epoch,
+                stopped_early=self.stopped[member],
+                restored_best=self.restoring[member],
             )
-        return fits
+            for member, stopper in enumerate(self.stoppers)
+        ]

@@ -45,7 +45,7 @@ class _EpochBar:
             self.bar.update(self.every)
 
     def finish(self, numbers, running: list[int]) -> None:
-        """The epoch's numbers (`EpochNumbers`), averaged over the members still running."""
+        """The epoch's numbers (`EpochNumbers`), averaged over the rows still training."""
         if self.bar is not None:
             loss, acc, val_loss, val_acc = (sum(column[m] for m in running) / len(running) for column in numbers)
             self.bar.n = self.bar.total
