@@ -43,14 +43,16 @@ def twins(runs: list[PlannedRun]) -> dict[tuple, list[PlannedRun]]:
 
 
 def stacks(runs: list[PlannedRun], rows: int, workers: int = 1) -> list[list[PlannedRun]]:
-    """Runs grouped into lockstep stacks: same lockstep key, balanced sizes, by seed; a run whose training
-    is the first epochs of another's (`spec.leaders`) rides in that run's stack, as no row of its own.
+    """Runs grouped into lockstep stacks: same lockstep key, balanced sizes, by seed.
 
-    A stack holds at most `rows` rows per step (members x batch size; the calibration measures what
-    pays), and a group splits into at least `workers` stacks where it has the runs, so that every
-    worker has a stack to train. Runs that may stop early stack apart from those that train their whole
-    budget: a stack trains until its last member is done, and a member that stopped is frozen, not
-    removed, so it costs a step's share to the end (the study's early-stopping run stops at epoch 27 of 50).
+    A run whose training is the first epochs of another's (`spec.leaders`: the study's early-stopping
+    run is its powerful run up to where Keras' rule stops it) rides in that run's stack as no row of its
+    own, and costs nothing but its evaluations. The other rows: a stack holds at most `rows` rows per
+    step (members x batch size; the calibration measures what pays), and a group splits into at least
+    `workers` stacks where it has the runs, so that every worker has a stack to train. Runs that may stop
+    early stack apart from those that train their whole budget: a stack trains until its last member is
+    done, and a member that stopped is frozen, not removed, so it costs a step's share to the end (the
+    study's early-stopping run, trained alone, stops at epoch 27 of 50).
     Within a group, runs whose steps do the same extra work (dropout masks, penalties, ...) stack
     together: a step pays for what any member asks of it, and on 2 AMD vCPUs a stack of the study's
     powerful, l2, l1 and dropout models cost 0.86 ms per model and step where four of each alone cost

@@ -6,8 +6,8 @@ stopping, a moving average of its weights, image distortions) and its own random
 weights, data order, dropout masks, distortions); a member that is done is frozen (its updates are
 multiplied by zero) while the others go on. A member whose training is the first epochs of another's
 (`spec.leaders`: the early-stopping run of a model also trained whole) is no row of the stack: it reads
-its numbers and weights off that member's row until it ends. What no member asks for is left out of the compiled step,
-so the lab's presets train exactly as they did before these existed. Data stays on the device as
+its numbers and weights off that member's row until it ends. What no member asks for is left out of
+the compiled step, so the lab's presets train exactly as they did before these existed. Data stays on the device as
 tensors indexed by a per-epoch permutation: no DataLoader, and no host sync inside an epoch unless a
 progress bar asks for live numbers.
 """
@@ -398,7 +398,7 @@ class _Tracker:
         self.members, self.rows = members, rows
         self.stoppers = [_Stopper(m.early_stopping) if m.early_stopping else None for m in members]
         self.restoring = [s is not None and s.rule.restore_best_weights for s in self.stoppers]
-        self.best_params = params[rows].clone() if any(self.restoring) else None
+        self.best_params = params[rows] if any(self.restoring) else None  # indexing by a list copies
         self.final_params: list[torch.Tensor | None] = [None] * len(members)
         self.histories: list[list[Epoch]] = [[] for _ in members]
         self.stopped = [False] * len(members)
