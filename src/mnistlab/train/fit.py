@@ -211,6 +211,10 @@ def apply_gradients(state: StackState, totals: Totals, nll, correct, grads, rows
     totals.correct.add_(correct)
 
 
+# Keras' names of what early stopping may monitor -> the `Epoch` field that holds it.
+EPOCH_FIELDS = {"loss": "loss", "accuracy": "accuracy", "val_loss": "eval_loss", "val_accuracy": "eval_accuracy"}
+
+
 class _Stopper:
     """Early-stopping state of one member, with Keras' rules for improvement and patience."""
 
@@ -420,13 +424,7 @@ class _Tracker:
             done = epoch >= self.members[member].epochs
             stopper = self.stoppers[member]
             if stopper:
-                monitored = {
-                    "loss": record.loss,
-                    "accuracy": record.accuracy,
-                    "val_loss": record.eval_loss,
-                    "val_accuracy": record.eval_accuracy,
-                }
-                improved, stop = stopper.update(epoch, monitored[stopper.rule.monitor])
+                improved, stop = stopper.update(epoch, getattr(record, EPOCH_FIELDS[stopper.rule.monitor]))
                 if improved and self.restoring[member]:
                     self.best_params[member] = params[row]
                 self.stopped[member] = stop and not done
