@@ -127,9 +127,9 @@ def _describe(stack: list[PlannedRun]) -> str:
     leader = leaders([r.experiment.hyperparameters for r in stack])
     rows = [run for index, run in enumerate(stack) if leader[index] == index]
     riders = [
-        f"; {run.name} as the first epochs of {stack[lead].name}"
-        for run, lead in zip(stack, leader, strict=True)
-        if run is not stack[lead]
+        f"; {run.name} as the first epochs of {stack[leader[index]].name}"
+        for index, run in enumerate(stack)
+        if leader[index] != index
     ]
     return f"training {len(rows)} in lockstep: {_names(rows)}{''.join(riders)}"
 

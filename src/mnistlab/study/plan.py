@@ -58,7 +58,7 @@ def stacks(runs: list[PlannedRun], rows: int, workers: int = 1) -> list[list[Pla
     powerful, l2, l1 and dropout models cost 0.86 ms per model and step where four of each alone cost
     0.72, 0.74, 0.77 and 0.97. The largest stacks come first: they are the ones to start early."""
     riders = _riders(runs)
-    riding = {rider.folder for rider, _ in riders}
+    riding = {rider.folder for stack_riders in riders.values() for rider in stack_riders}
     groups: dict[tuple, list[PlannedRun]] = {}
     for run in runs:
         if run.folder not in riding:
@@ -75,21 +75,22 @@ def stacks(runs: list[PlannedRun], rows: int, workers: int = 1) -> list[list[Pla
     # Of two stacks with the same budget, the one that may stop early goes later: it likely costs less.
     result.sort(key=lambda stack: (cost(stack), not _may_stop(stack[0])), reverse=True)
     for stack in result:
-        stack += [rider for rider, leader in riders if leader.folder in {run.folder for run in stack}]
+        stack += [rider for run in stack for rider in riders.get(run.folder, [])]
     return result
 
 
-def _riders(runs: list[PlannedRun]) -> list[tuple[PlannedRun, PlannedRun]]:
-    """(run, the run whose training gives its own) pairs (`spec.leaders`), among runs of one lockstep key."""
+def _riders(runs: list[PlannedRun]) -> dict[RunFolder, list[PlannedRun]]:
+    """A leading run's folder -> the runs whose training its own gives (`spec.leaders`), among runs of one
+    lockstep key."""
     groups: dict[tuple, list[PlannedRun]] = {}
     for run in runs:
         groups.setdefault(run.experiment.lockstep_key(), []).append(run)
-    pairs = []
+    riders: dict[RunFolder, list[PlannedRun]] = {}
     for group in groups.values():
         for run, leader in zip(group, leaders([r.experiment.hyperparameters for r in group]), strict=True):
             if group[leader] is not run:
-                pairs.append((run, group[leader]))
-    return pairs
+                riders.setdefault(group[leader].folder, []).append(run)
+    return riders
 
 
 def _may_stop(run: PlannedRun) -> bool:

@@ -7,9 +7,9 @@ weights, data order, dropout masks, distortions); a member that is done is froze
 multiplied by zero) while the others go on. A member whose training is the first epochs of another's
 (`spec.leaders`: the early-stopping run of a model also trained whole) is no row of the stack: it reads
 its numbers and weights off that member's row until it ends. What no member asks for is left out of
-the compiled step, so the lab's presets train exactly as they did before these existed. Data stays on the device as
-tensors indexed by a per-epoch permutation: no DataLoader, and no host sync inside an epoch unless a
-progress bar asks for live numbers.
+the compiled step, so the lab's presets train exactly as they did before these existed. Data stays on
+the device as tensors indexed by a per-epoch permutation: no DataLoader, and no host sync inside an
+epoch unless a progress bar asks for live numbers.
 """
 
 import math

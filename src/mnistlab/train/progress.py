@@ -44,10 +44,10 @@ class _EpochBar:
             )
             self.bar.update(self.every)
 
-    def finish(self, numbers, running: list[int]) -> None:
-        """The epoch's numbers (`EpochNumbers`), averaged over the rows still training."""
+    def finish(self, numbers, rows: list[int]) -> None:
+        """The epoch's numbers (`EpochNumbers`), averaged over the stack's `rows` still training."""
         if self.bar is not None:
-            loss, acc, val_loss, val_acc = (sum(column[m] for m in running) / len(running) for column in numbers)
+            loss, acc, val_loss, val_acc = (sum(column[row] for row in rows) / len(rows) for column in numbers)
             self.bar.n = self.bar.total
             self.bar.set_postfix_str(f"{_describe(loss, acc)}, eval loss {val_loss:.4f}, eval acc {val_acc:.4f}")
 
