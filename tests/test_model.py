@@ -59,7 +59,7 @@ def _reference(params, arch, reg, x, y, keys, step, activation):
         for index, (kernel, bias) in enumerate(model.layers(p, arch)):
             rate = reg.dropout[m, index].item()
             if rate:
-                bits = model.random_bits(keys[m : m + 1], step, index, len(arch.shapes), h.shape[1:])
+                bits = model.keep_bits(keys[m : m + 1], step, index, len(arch.shapes), h.shape[1:])
                 h = h * (bits >= round(rate * 2**model.KEEP_BITS)) / (1 - rate)
             h = h @ kernel + bias
             if index < len(arch.hidden):
@@ -124,21 +124,33 @@ def test_penalty_matches_hand_computation():
     assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item() + 0.174)
 
 
-def test_dropout_bits_are_uniform_and_private_to_each_member():
+@pytest.mark.parametrize("draw", [model.keep_bits, model.random_bits], ids=["dropout", "distortions"])
+def test_random_bits_are_uniform_and_private_to_each_member_step_and_layer(draw):
     step = torch.tensor(3)
-    alone = model.random_bits(torch.tensor([42]), step, 1, 6, (256, 128))
-    stacked = model.random_bits(torch.tensor([7, 42]), step, 1, 6, (256, 128))
+    alone = draw(torch.tensor([42]), step, 1, 6, (256, 128))
+    stacked = draw(torch.tensor([7, 42]), step, 1, 6, (256, 128))
     assert torch.equal(alone[0], stacked[1]) and not torch.equal(stacked[0], stacked[1])
-    assert not torch.equal(alone, model.random_bits(torch.tensor([42]), step + 1, 1, 6, (256, 128)))
-    assert not torch.equal(alone, model.random_bits(torch.tensor([42]), step, 2, 6, (256, 128)))
+    assert not torch.equal(alone, draw(torch.tensor([42]), step + 1, 1, 6, (256, 128)))
+    assert not torch.equal(alone, draw(torch.tensor([42]), step, 2, 6, (256, 128)))
     keep = (alone >= round(0.1 * 2**model.KEEP_BITS)).float().mean().item()
     assert keep == pytest.approx(0.9, abs=0.005)
     assert alone.min() >= 0 and alone.max() < 2**model.KEEP_BITS
+    values = alone.flatten().double()
+    assert abs(torch.corrcoef(torch.stack([values[:-1], values[1:]]))[0, 1].item()) < 0.02  # neighbours
 
 
-def test_compiled_dropout_bits_equal_eager():
+@pytest.mark.parametrize("draw", [model.keep_bits, model.random_bits], ids=["dropout", "distortions"])
+def test_random_bits_of_a_batch_in_chunks_are_the_bits_of_the_whole_batch(draw):
+    keys, step = torch.tensor([5, -3]), torch.tensor(11)
+    whole = draw(keys, step, 0, 6, (10, 784))
+    chunks = [draw(keys, step, 0, 6, (5, 784), torch.tensor(first)) for first in (0, 5)]
+    assert torch.equal(torch.cat(chunks, 1), whole)
+
+
+@pytest.mark.parametrize("draw", [model.keep_bits, model.random_bits], ids=["dropout", "distortions"])
+def test_compiled_random_bits_equal_eager(draw):
     def bits(keys, step):
-        return model.random_bits(keys, step, 2, 6, (32, 64))
+        return draw(keys, step, 2, 6, (37, 61))  # rows of a width no vector length divides: scalar tails too
 
     keys, step = torch.tensor([123456789012345, -5]), torch.tensor(77)
     assert torch.equal(torch.compile(bits)(keys, step), bits(keys, step))
