@@ -9,15 +9,12 @@ training compiles. Each worker process loads the compiled step that the warm-up 
 """
 
 import argparse
-import logging
 import time
 from pathlib import Path
 
-from distributed import Client, LocalCluster
-
 from mnistlab import data
 from mnistlab.spec import Architecture, Hyperparameters
-from mnistlab.study.executors import OnDask, StackTask
+from mnistlab.study.executors import OnDask, StackTask, local_cluster
 from mnistlab.train.calibration import cpu_name
 
 FINAL = Architecture(784, (128, 128, 64, 64, 32))
@@ -46,10 +43,7 @@ def seconds(tasks: list[StackTask], workers: int, dataset) -> float:
     """Wall time of the plan on a LocalCluster of `workers` single-threaded Dask workers, started here: one
     worker runs as a Dask worker too (`executor` would train a lone worker's plan in this process)."""
     started = time.perf_counter()
-    cluster = LocalCluster(
-        n_workers=workers, threads_per_worker=1, host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR
-    )
-    with cluster, Client(cluster) as client:
+    with local_cluster(workers) as client:
         assert len(list(OnDask(client).run(tasks, {("mnist", 10_000): dataset}))) == len(tasks)
     return time.perf_counter() - started
 

@@ -35,11 +35,11 @@ for name in "${parts[@]}"; do
         part tests 150 $python -m pytest tests/test_cuda.py -q -p no:cacheprovider ;;
     cluster)
         port=8786
-        $python -m distributed.cli.dask_scheduler --host 127.0.0.1 --port $port --no-dashboard \
+        $python -m distributed.cli.dask_scheduler --host 127.0.0.1 --port $port --no-dashboard --dashboard-address 127.0.0.1:0 \
             >"$out/scheduler.log" 2>&1 &
         scheduler=$!
         sleep 3
-        $python -m distributed.cli.dask_worker tcp://127.0.0.1:$port --nthreads 1 --no-dashboard \
+        $python -m distributed.cli.dask_worker tcp://127.0.0.1:$port --nthreads 1 --no-dashboard --dashboard-address 127.0.0.1:0 \
             >"$out/worker.log" 2>&1 &
         worker=$!
         sleep 5

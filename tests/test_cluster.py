@@ -10,6 +10,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import pytest
 
 from mnistlab.cli import main
@@ -33,15 +34,16 @@ def _cluster(workers: int = 2):
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    scheduler = subprocess.Popen(
-        [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], **quiet
-    )
+    # Without a dashboard, a scheduler and a worker still serve HTTP (health, metrics), on every
+    # interface unless given an address.
+    http = ["--no-dashboard", "--dashboard-address", "127.0.0.1:0"]
+    scheduler = subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), *http], **quiet)
     procs = {}
     try:
         for index in range(workers):
             name = f"w{index}"
             procs[name] = subprocess.Popen(
-                [DASK, "worker", address, "--name", name, "--nthreads", "1", "--no-nanny", "--no-dashboard",
+                [DASK, "worker", address, "--name", name, "--nthreads", "1", "--no-nanny", *http,
                  "--host", "127.0.0.1", "--death-timeout", "60"],
                 **quiet,
             )  # fmt: skip
@@ -49,11 +51,31 @@ def _cluster(workers: int = 2):
 
         with Client(address, timeout="30s") as client:
             client.wait_for_workers(workers, timeout=90)
+            assert _listening([scheduler.pid, *(p.pid for p in procs.values())]) == {"127.0.0.1"}
             yield address, client, procs
     finally:
         for proc in [*procs.values(), scheduler]:
             proc.kill()
             proc.wait(timeout=30)
+
+
+def _listening(pids: list[int]) -> set[str]:
+    """The addresses these processes listen on (TCP, IPv4 and IPv6)."""
+    return {
+        conn.laddr.ip
+        for pid in pids
+        for conn in psutil.Process(pid).net_connections(kind="inet")
+        if conn.status == psutil.CONN_LISTEN
+    }
+
+
+def test_local_worker_processes_listen_on_loopback_only():
+    from mnistlab.study.executors import executor
+
+    with executor(None, 2, progress=False, log=lambda line: None) as local:
+        assert local.workers == 2
+        processes = [psutil.Process(), *psutil.Process().children(recursive=True)]
+        assert _listening([p.pid for p in processes]) == {"127.0.0.1"}
 
 
 def _metrics(folder: Path) -> dict:

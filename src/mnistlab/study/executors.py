@@ -232,24 +232,34 @@ def executor(
             log(f"training on the Dask cluster at {cluster} ({OnDask(client).workers} workers)")
             yield OnDask(client)
     elif workers > 1:
-        from distributed import Client, LocalCluster
-
         log(f"training in {workers} local worker processes")
-        # Loopback only, no dashboard: nothing listens beyond this machine.
-        with (
-            LocalCluster(
-                n_workers=workers,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address=None,
-                silence_logs=logging.ERROR,
-            ) as local,
-            Client(local) as client,
-        ):
+        with local_cluster(workers) as client:
             yield OnDask(client)
     else:
         yield InProcess(progress)
+
+
+@contextlib.contextmanager
+def local_cluster(workers: int):
+    """A client of `workers` single-threaded Dask worker processes on this machine, stopped on exit."""
+    from distributed import Client, LocalCluster
+
+    # Loopback only, no dashboard: nothing listens beyond this machine. The scheduler serves HTTP
+    # (health, metrics) even without a dashboard, by default on port 8787: a free port instead, so
+    # that two studies side by side do not contend for it.
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+            silence_logs=logging.ERROR,
+        ) as local,
+        Client(local) as client,
+    ):
+        yield client
 
 
 @contextlib.contextmanager
