@@ -137,6 +137,8 @@ def test_early_stopping_on_a_model_the_study_also_trains_whole_is_read_off_its_t
     assert stopping.metrics.scores == powerful.metrics.scores
     assert torch.equal(stopping.folder.read_weights()[0], powerful.folder.read_weights()[0])
     assert stopping.folder.read_config()["early_stopping"]["patience"] == 15
+    # One model trained: each run's share of the stack's wall time is all of it, not half.
+    assert stopping.metrics.stack_size == powerful.metrics.stack_size == 1
 
 
 def _planned(name: str, seeds: int, overrides=()) -> list[PlannedRun]:

@@ -81,10 +81,11 @@ def execute(
         for task, outcome in where.run(tasks, datasets):
             stack = stack_of[id(task)]
             dataset = datasets[task.source]
+            size = len(set(leaders([r.experiment.hyperparameters for r in stack])))  # rows: a rider is none
             for trained, result in zip(stack, outcome.results, strict=True):
                 for run in served[trained.experiment.training_key()]:
-                    environment = _environment(outcome, run.experiment.seed, result.seconds, started, len(stack))
-                    metrics = write_run(run.folder, run.experiment, result, task.arch, dataset, environment, len(stack))
+                    environment = _environment(outcome, run.experiment.seed, result.seconds, started, size)
+                    metrics = write_run(run.folder, run.experiment, result, task.arch, dataset, environment, size)
                     log(f"  {run.folder.path}: test accuracy {metrics.scores['test'].accuracy:.4f}")
                     if run.folder.is_seed_run:
                         parent = RunFolder(run.folder.path.parent)

@@ -37,7 +37,7 @@ class Metrics:
     early_stopping: StoppingOutcome
     misclassified: int  # test images the phase-2 model gets wrong
     wall_seconds: float  # of the whole stack the run trained in
-    stack_size: int  # runs in that stack
+    stack_size: int  # models that stack trained: a run riding another's row (`spec.leaders`) is none
 
     @classmethod
     def of(
