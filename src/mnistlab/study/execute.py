@@ -81,7 +81,7 @@ def execute(
         for task, outcome in where.run(tasks, datasets):
             stack = stack_of[id(task)]
             dataset = datasets[task.source]
-            size = len(set(leaders([r.experiment.hyperparameters for r in stack])))  # rows: a rider is none
+            size = len(_rows(stack))
             for trained, result in zip(stack, outcome.results, strict=True):
                 for run in served[trained.experiment.training_key()]:
                     environment = _environment(outcome, run.experiment.seed, result.seconds, started, size)
@@ -123,10 +123,16 @@ def _task(stack: list[PlannedRun], dataset: data.Dataset, placement: Placement, 
     )
 
 
-def _describe(stack: list[PlannedRun]) -> str:
-    """What a stack trains: its rows, and the runs that ride them (`spec.leaders`)."""
+def _rows(stack: list[PlannedRun]) -> list[PlannedRun]:
+    """The runs of a stack that train a row of their own: the others ride one (`spec.leaders`)."""
     leader = leaders([r.experiment.hyperparameters for r in stack])
-    rows = [run for index, run in enumerate(stack) if leader[index] == index]
+    return [run for index, run in enumerate(stack) if leader[index] == index]
+
+
+def _describe(stack: list[PlannedRun]) -> str:
+    """What a stack trains: its rows, and the runs that ride them."""
+    rows = _rows(stack)
+    leader = leaders([r.experiment.hyperparameters for r in stack])
     riders = [
         f"; {run.name} as the first epochs of {stack[leader[index]].name}"
         for index, run in enumerate(stack)
