@@ -1,12 +1,13 @@
 """Milliseconds per model and training step of the study's stacks, by stack size, in one process.
 
 A stack of M members cycles through the study's batch-32 presets of the final model (powerful, l2, l1,
-dropout, early-stopping, l2-strong), a seed for each round of them, on the real 50k split and the real
+dropout, early-stopping, l2-strong; or those given), a seed for each round of them, on the real 50k split and the real
 batches of an epoch. The sizes take turns, round after round, so that the machine's drift falls on all
 of them alike; the calibration's probe of the same size runs beside them. The first step's time is the
 compile, or the load of a stored step (`train.stored_steps`).
 
-    python benchmarks/stack_step.py [--sizes 2 4 6 8 16] [--threads N] [--rounds 5] [--data-dir DIR]
+    python benchmarks/stack_step.py [--sizes 2 4 6 8 16] [--presets NAME...] [--threads N] [--rounds 5]
+                                    [--data-dir DIR]
 """
 
 import argparse
@@ -32,7 +33,7 @@ def study_stack(dataset, experiments: list, members: int):
     """The first step's seconds, and one round of `STEPS` real steps of a stack of `members` as a callable
     returning ms per model-step."""
     hyperparameters = [
-        dataclasses.replace(experiments[i % len(PRESETS)].hyperparameters, seed=i // len(PRESETS))
+        dataclasses.replace(experiments[i % len(experiments)].hyperparameters, seed=i // len(experiments))
         for i in range(members)
     ]
     arch = experiments[0].architecture(inputs=dataset.train_images.shape[1], classes=len(dataset.classes))
@@ -58,6 +59,7 @@ def study_stack(dataset, experiments: list, members: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", type=int, default=[2, 4, 6, 8, 16])
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS), help="batch-32 presets of the final model")
     parser.add_argument("--threads", type=int, default=calibration.cores())
     parser.add_argument("--rounds", type=int, default=5, help="at most 5: an epoch has 1,562 full batches")
     parser.add_argument("--data-dir", type=Path, default=None)
@@ -66,7 +68,7 @@ def main() -> None:
     flush_denormals()
     dataset = data.load("mnist", args.data_dir, progress=False)
     print(f"{calibration.cpu_name()}, {args.threads} threads, torch {torch.__version__}")
-    experiments = [config.load(name) for name in PRESETS]
+    experiments = [config.load(name) for name in args.presets]
     rounds, probes = {}, {}
     for members in args.sizes:
         first, rounds[members] = study_stack(dataset, experiments, members)
