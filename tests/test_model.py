@@ -1,5 +1,8 @@
+import json
+
 import pytest
 import torch
+from safetensors import safe_open
 
 from mnistlab.errors import MnistlabError
 from mnistlab.nn import mlp as model
@@ -158,9 +161,19 @@ def test_compiled_random_bits_equal_eager(draw):
 
 def test_save_and_load_round_trip(tmp_path):
     params = model.init_params(FINAL, [1], torch.device("cpu"))[0]
-    weights.save(tmp_path / "m.safetensors", params, FINAL, {"preset": "final"})
+    extra = {"preset": "final", "seed": 0, "dataset": "mnist", "classes": list("0123456789"), "note": "é/x"}
+    weights.save(tmp_path / "m.safetensors", params, FINAL, extra)
     loaded, arch = weights.load(tmp_path / "m.safetensors")
     assert arch == FINAL and torch.equal(loaded, params)
+    with safe_open(tmp_path / "m.safetensors", framework="pt") as f:
+        assert {k: json.loads(v) for k, v in f.metadata().items() if k != "architecture"} == extra
+    # The same weights make the same bytes: safetensors alone writes the metadata in a random order.
+    written = (tmp_path / "m.safetensors").read_bytes()
+    keys = list(json.loads(written[8 : 8 + int.from_bytes(written[:8], "little")])["__metadata__"])
+    assert keys == sorted(keys) and len(keys) == len(extra) + 1
+    for _ in range(3):
+        weights.save(tmp_path / "again.safetensors", params, FINAL, extra)
+        assert (tmp_path / "again.safetensors").read_bytes() == written
     (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
     with pytest.raises(MnistlabError, match="bad.safetensors: not a mnistlab model"):
         weights.load(tmp_path / "bad.safetensors")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from mnistlab.errors import MnistlabError
-from mnistlab.files import atomic_path
+from mnistlab.files import write_atomic
 from mnistlab.nn.mlp import layers
 from mnistlab.spec import Architecture
 
@@ -21,8 +21,19 @@ def save(path: Path, params: torch.Tensor, arch: Architecture, extra: dict | Non
         tensors[f"dense_{index}.kernel"] = kernel[0].contiguous()
         tensors[f"dense_{index}.bias"] = bias[0, 0].contiguous()
     metadata = {"architecture": json.dumps(asdict(arch)), **{k: json.dumps(v) for k, v in (extra or {}).items()}}
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=metadata)
+    write_atomic(path, _sorted_metadata(safetensors_bytes(tensors, metadata=metadata)))
+
+
+def _sorted_metadata(blob: bytes) -> bytes:
+    """safetensors bytes with the header's metadata in key order. safetensors writes it in a random
+    order (a Rust HashMap: safetensors issue 584), so the same weights made different files and checksums;
+    the header, reordered, keeps its length, so the tensors' offsets stand."""
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + size])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()  # as safetensors writes it
+    assert len(text) <= size, "a reordered header is no longer than the original"
+    return blob[:8] + text.ljust(size) + blob[8 + size :]
 
 
 def load(path: Path) -> tuple[torch.Tensor, Architecture]:
