@@ -16,7 +16,7 @@ from PIL import Image
 from mnistlab.cli import main
 from mnistlab.spec import sweep as sweep_spec
 
-FAST = ["--no-compile", "--quiet"]
+FAST = ["--no-compile", "--quiet"]  # and the sweeps below train in batches of 1000: none tests the batch
 
 
 def _write(tmp_path: Path, text: str, name: str = "s.toml") -> Path:
@@ -90,7 +90,7 @@ def test_a_sweep_trains_its_points_writes_its_table_and_reports_its_curve(tmp_pa
     path = _write(
         tmp_path,
         'description = "L2 of the provided model"\nclaim = "A higher L2 gives more bias."\nbase = "provided"\n'
-        'set = ["train.epochs=1"]\nlab = { "model.l2" = [1e-3] }\n'
+        'set = ["train.epochs=1", "train.batch_size=1000"]\nlab = { "model.l2" = [1e-3] }\n'
         '[[axis]]\nkey = "model.l2"\nlog_range = [1e-5, 1e-1]\npoints = 3\n',
     )
     out = tmp_path / "l2"
@@ -129,7 +129,8 @@ def test_a_sweep_trains_its_points_writes_its_table_and_reports_its_curve(tmp_pa
 def test_a_two_axis_grid_makes_every_run_and_a_heat_map(tmp_path, data_env):
     path = _write(
         tmp_path,
-        'base = "provided"\nset = ["train.epochs=1"]\n[[axis]]\nkey = "model.l2"\nvalues = [0.0, 1e-3]\n'
+        'base = "provided"\nset = ["train.epochs=1", "train.batch_size=1000"]\n'
+        '[[axis]]\nkey = "model.l2"\nvalues = [0.0, 1e-3]\n'
         '[[axis]]\nkey = "train.learning_rate"\nvalues = [1e-3, 3e-3]\n',
     )
     out = tmp_path / "grid"
@@ -142,7 +143,8 @@ def test_a_two_axis_grid_makes_every_run_and_a_heat_map(tmp_path, data_env):
 def test_an_optuna_search_with_a_fixed_seed_is_reproducible(tmp_path, data_env):
     path = _write(
         tmp_path,
-        'base = "provided"\nset = ["train.epochs=1"]\n[search]\nmethod = "optuna"\ntrials = 3\nseed = 7\n'
+        'base = "provided"\nset = ["train.epochs=1", "train.batch_size=1000"]\n'
+        '[search]\nmethod = "optuna"\ntrials = 3\nseed = 7\n'
         '[[axis]]\nkey = "model.l2"\nlog_uniform = [1e-6, 1e-2]\n'
         '[[axis]]\nkey = "model.dropout"\nvalues = [0.0, 0.2]\n',
     )
