@@ -109,7 +109,7 @@ def _source(stack: list[PlannedRun]) -> tuple[str, int]:
 
 
 def _task(stack: list[PlannedRun], dataset: data.Dataset, placement: Placement, threads: int | None) -> StackTask:
-    first = stack[0].experiment
+    first, rows = stack[0].experiment, len(_rows(stack))
     return StackTask(
         arch=first.architecture(inputs=dataset.train_images.shape[1], classes=len(dataset.classes)),
         members=tuple(r.experiment.hyperparameters for r in stack),
@@ -119,7 +119,7 @@ def _task(stack: list[PlannedRun], dataset: data.Dataset, placement: Placement, 
         precision=placement.precision,
         compile=placement.compile,
         threads=threads,
-        label=first.name if len(stack) == 1 else f"{len(stack)} models",
+        label=first.name if rows == 1 else f"{rows} models",
     )
 
 
