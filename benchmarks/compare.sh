@@ -54,10 +54,10 @@ study() {  # run number, revision, study args...
     echo "study $number, $rev ($commit), $(date +%H:%M): $((SECONDS - start)) s, exit $status"
     "$python" - "$run/study" <<'EOF'
 import collections, json, pathlib, sys
-stacks = collections.defaultdict(list)  # a stack's runs share its wall time
+stacks = collections.defaultdict(list)  # a stack's runs record its wall time, to the last bit
 for metrics in sorted(pathlib.Path(sys.argv[1]).rglob("metrics.json")):
     record = json.loads(metrics.read_text())
-    stacks[round(record["wall_seconds"], 1)].append(f"{record['preset']} ({record['seed']})")
+    stacks[record["wall_seconds"]].append(f"{record['preset']} ({record['seed']})")
 for seconds, runs in sorted(stacks.items(), reverse=True):
     print(f"  {seconds:8.1f} s  {', '.join(runs)}")
 EOF

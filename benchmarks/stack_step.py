@@ -1,10 +1,10 @@
 """Milliseconds per model and training step of the study's stacks, by stack size, in one process.
 
 A stack of M members cycles through the study's batch-32 presets of the final model (powerful, l2, l1,
-dropout, early-stopping, l2-strong; or those given), a seed for each round of them, on the real 50k split and the real
-batches of an epoch. The sizes take turns, round after round, so that the machine's drift falls on all
-of them alike; the calibration's probe of the same size runs beside them. The first step's time is the
-compile, or the load of a stored step (`train.stored_steps`).
+dropout, early-stopping, l2-strong; or those given), a seed for each round of them, on the real 50k
+split and the real batches of an epoch. The sizes take turns, round after round, so that the
+machine's drift falls on all of them alike; the calibration's probe of the same size runs beside them.
+The first step's time is the compile, or the load of a stored step (`train.stored_steps`).
 
     python benchmarks/stack_step.py [--sizes 2 4 6 8 16] [--presets NAME...] [--threads N] [--rounds 5]
                                     [--data-dir DIR]
