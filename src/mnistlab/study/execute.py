@@ -13,7 +13,7 @@ import torch
 
 from mnistlab import __version__, data
 from mnistlab.spec import leaders
-from mnistlab.study.executors import StackOutcome, StackTask, executor
+from mnistlab.study.executors import OnDask, StackOutcome, StackTask, executor
 from mnistlab.study.folder import RunFolder
 from mnistlab.study.plan import PlannedRun, stacks, twins
 from mnistlab.study.write import write_aggregate, write_run
@@ -66,7 +66,7 @@ def execute(
             if source not in datasets:
                 name = None if identify else name
                 datasets[source] = data.load(name, data_dir, validation_size=validation_size, progress=progress)
-        threads = _threads(placement, tuned, where.workers, len(plan))
+        threads = where.threads() if isinstance(where, OnDask) else _threads_alone(tuned, len(plan))
         tasks = [_task(stack, datasets[_source(stack)], placement, threads) for stack in plan]
         stack_of = {id(task): stack for task, stack in zip(tasks, plan, strict=True)}
         for stack in plan:
@@ -94,13 +94,8 @@ def execute(
                             write_aggregate(parent)
 
 
-def _threads(placement: Placement, tuned: Calibration, workers: int, stacks: int) -> int | None:
-    """Threads per stack: a cluster's workers decide (None); local workers share the cores; this process
-    takes every core, or what suits a stack alone when it trains just one."""
-    if placement.cluster:
-        return None
-    if workers > 1:
-        return max(1, calibration.cores() // workers)
+def _threads_alone(tuned: Calibration, stacks: int) -> int:
+    """Threads per stack in this process: every core, or what suits a stack alone when it trains just one."""
     return tuned.threads_alone if stacks == 1 else calibration.cores()
 
 
@@ -108,7 +103,7 @@ def _source(stack: list[PlannedRun]) -> tuple[str, int]:
     return stack[0].experiment.dataset, stack[0].experiment.validation_size
 
 
-def _task(stack: list[PlannedRun], dataset: data.Dataset, placement: Placement, threads: int | None) -> StackTask:
+def _task(stack: list[PlannedRun], dataset: data.Dataset, placement: Placement, threads: int) -> StackTask:
     first, rows = stack[0].experiment, len(_rows(stack))
     return StackTask(
         arch=first.architecture(inputs=dataset.train_images.shape[1], classes=len(dataset.classes)),

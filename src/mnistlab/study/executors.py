@@ -12,6 +12,7 @@ cluster takes. The driver sends each data set once to every worker (`Client.scat
 their checksum, which the worker checks before it trains (`data.PackedDataset`).
 """
 
+import collections
 import contextlib
 import ctypes
 import logging
@@ -47,7 +48,7 @@ class StackTask:
     device: str
     precision: str
     compile: bool
-    threads: int | None  # None: the worker's share of its machine's cores
+    threads: int  # wherever it trains, so that a stack trained again elsewhere gives the same bits
     label: str
 
 
@@ -66,9 +67,8 @@ def train_stack(task: StackTask, data: Dataset | PackedDataset, progress: bool =
     """Train one stack here (in the driver or in a worker) with the lab's protocol."""
     dataset = _unpacked(data) if isinstance(data, PackedDataset) else data
     _undo_malloc_trim()
-    threads = task.threads or _worker_threads()
     was = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(task.threads)
     with _without_worker_profiler():
         try:
             flush_denormals()
@@ -85,7 +85,7 @@ def train_stack(task: StackTask, data: Dataset | PackedDataset, progress: bool =
             )
         finally:
             torch.set_num_threads(was)
-    return StackOutcome(results, engine, threads, platform.node(), calibration.machine(engine.device)["model"])
+    return StackOutcome(results, engine, task.threads, platform.node(), calibration.machine(engine.device)["model"])
 
 
 @contextlib.contextmanager
@@ -142,16 +142,6 @@ def _unpacked(packed: PackedDataset) -> Dataset:
     return _UNPACKED[packed.sha256]
 
 
-def _worker_threads() -> int:
-    """A cluster worker's share of its machine's cores: its cores over the Dask threads of every worker
-    on that machine (`dask worker --nworkers 2 --nthreads 1` on 2 cores: one thread each)."""
-    from distributed import get_client, get_worker
-
-    here = get_worker().ip
-    workers = get_client().scheduler_info(n_workers=-1)["workers"].values()
-    return max(1, calibration.cores() // sum(w["nthreads"] for w in workers if w["host"] == here))
-
-
 class InProcess:
     """Stacks one after the other in this process, with progress bars if asked."""
 
@@ -182,6 +172,20 @@ class OnDask:
     @property
     def workers(self) -> int:
         return max(1, len(self._workers()))
+
+    def threads(self) -> int:
+        """Threads per stack: a worker's share of its machine's cores, its cores over the Dask threads of
+        every worker there (`dask worker --nworkers 2 --nthreads 1` on 2 cores: one each), the smallest
+        share of the cluster as it is now. Every stack of a plan trains with it, wherever it lands: a
+        worker that decided when it trained, as it used to, took both cores of an Intel Xeon for a stack
+        it trained again after the other worker was killed, and the matmuls' sums split differently."""
+        cores = self.client.run(calibration.cores)  # worker address -> its machine's cores
+        workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        slots = collections.Counter()
+        for worker in workers.values():
+            slots[worker["host"]] += worker["nthreads"]
+        shares = [cores[address] // slots[w["host"]] for address, w in workers.items() if address in cores]
+        return max(1, min(shares, default=1))
 
     def _workers(self) -> list[dict]:
         """What the scheduler knows of each worker now (one round trip)."""
