@@ -179,7 +179,8 @@ class OnDask:
         share of the cluster as it is now. Every stack of a plan trains with it, wherever it lands: a
         worker that decided when it trained, as it used to, took both cores of an Intel Xeon for a stack
         it trained again after the other worker was killed, and the matmuls' sums split differently."""
-        cores = self.client.run(calibration.cores)  # worker address -> its machine's cores
+        # Worker address -> its machine's cores; a worker that cannot answer (dying) is left out.
+        cores = self.client.run(calibration.cores, on_error="ignore")
         workers = self.client.scheduler_info(n_workers=-1)["workers"]
         slots = collections.Counter()
         for worker in workers.values():
