@@ -181,16 +181,16 @@ class OnDask:
         it trained again after the other worker was killed, and the matmuls' sums split differently."""
         # Worker address -> its machine's cores; a worker that cannot answer (dying) is left out.
         cores = self.client.run(calibration.cores, on_error="ignore")
-        workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        workers = self._workers()
         slots = collections.Counter()
         for worker in workers.values():
             slots[worker["host"]] += worker["nthreads"]
         shares = [cores[address] // slots[w["host"]] for address, w in workers.items() if address in cores]
         return max(1, min(shares, default=1))
 
-    def _workers(self) -> list[dict]:
-        """What the scheduler knows of each worker now (one round trip)."""
-        return list(self.client.scheduler_info(n_workers=-1)["workers"].values())
+    def _workers(self) -> dict[str, dict]:
+        """What the scheduler knows of each worker now, by address (one round trip)."""
+        return self.client.scheduler_info(n_workers=-1)["workers"]
 
     def run(self, tasks: list[StackTask], datasets: dict) -> Iterator[tuple[StackTask, StackOutcome]]:
         from distributed import as_completed
@@ -200,7 +200,7 @@ class OnDask:
 
         def submit_more():
             """Submit until every worker thread has a stack (workers that joined count from now)."""
-            threads = max(1, sum(w["nthreads"] for w in self._workers()))
+            threads = max(1, sum(w["nthreads"] for w in self._workers().values()))
             while len(running) < threads and (task := next(waiting, None)):
                 future = self.client.submit(train_stack, task, sent[task.source], pure=False)
                 running[future] = task
