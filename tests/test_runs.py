@@ -1,5 +1,6 @@
 """`mnistlab run` and `mnistlab study` end to end on the real data, with a small model."""
 
+import dataclasses
 import json
 import re
 import shutil
@@ -15,8 +16,11 @@ from mnistlab.cli import main
 from mnistlab.nn.mlp import Regularization, evaluate
 from mnistlab.spec import config
 from mnistlab.study import write as run_folder
+from mnistlab.study.execute import Placement, execute
 from mnistlab.study.folder import Run, RunFolder
 from mnistlab.study.plan import PlannedRun, seed_runs, stacks
+from mnistlab.train import calibration
+from mnistlab.train.calibration import cores
 
 FAST = ["--set", "train.batch_size=1000", "--no-compile", "--quiet"]  # an epoch in a second or two
 
@@ -73,6 +77,18 @@ def test_an_aggregate_is_written_when_its_last_seed_lands_not_after_the_plan(tmp
         assert (provided / f"seed-{seed}" / "metrics.json").stat().st_mtime_ns < (
             provided / "aggregate.json"
         ).stat().st_mtime_ns
+
+
+@pytest.mark.skipif(cores() < 2, reason="threads alone and every core are the same on one core")
+def test_a_plan_of_one_stack_trains_with_the_threads_that_suit_a_stack_alone(tmp_path, mnist_dir):
+    # A calibration that found one thread best for a stack alone, and a single process for the plan.
+    tuned = dataclasses.replace(calibration.fixed(torch.device("cpu")), workers=1, threads_alone=1)
+    experiment = api.experiment("provided", ["train.batch_size=1000"], epochs=1)
+    for seeds, expected in ((1, 1), (2, cores())):  # one seed, one stack; two seeds of one row each, two
+        folder = RunFolder(tmp_path / f"seeds-{seeds}")
+        execute(seed_runs(experiment, folder, seeds), Placement(tuned, compile=False), mnist_dir, log=lambda _: None)
+        environments = [Run.load(p.parent).folder.read_environment() for p in folder.path.rglob("metrics.json")]
+        assert {e["threads"] for e in environments} == {expected}, seeds
 
 
 def test_config_written_by_a_run_runs_again_to_the_same_result(tmp_path, data_env):

@@ -13,11 +13,10 @@ import torch
 
 from mnistlab import __version__, data
 from mnistlab.spec import leaders
-from mnistlab.study.executors import OnDask, StackOutcome, StackTask, executor
+from mnistlab.study.executors import StackOutcome, StackTask, executor
 from mnistlab.study.folder import RunFolder
 from mnistlab.study.plan import PlannedRun, stacks, twins
 from mnistlab.study.write import write_aggregate, write_run
-from mnistlab.train import calibration
 from mnistlab.train.calibration import Calibration
 
 
@@ -58,7 +57,7 @@ def execute(
         # No more local workers than stacks: a plan of one stack trains in this process, on every core
         # that pays for a stack alone, rather than in one single-threaded worker beside an idle one.
         workers = min(workers, len(stacks(unique, tuned.stack_rows, workers)))
-    with executor(placement.cluster, workers, progress, log) as where:
+    with executor(placement.cluster, workers, progress, log, tuned.threads_alone) as where:
         plan = stacks(unique, tuned.stack_rows, where.workers)
         datasets = {}
         for stack in plan:
@@ -66,7 +65,7 @@ def execute(
             if source not in datasets:
                 name = None if identify else name
                 datasets[source] = data.load(name, data_dir, validation_size=validation_size, progress=progress)
-        threads = where.threads() if isinstance(where, OnDask) else _threads_alone(tuned, len(plan))
+        threads = where.threads(len(plan))
         tasks = [_task(stack, datasets[_source(stack)], placement, threads) for stack in plan]
         stack_of = {id(task): stack for task, stack in zip(tasks, plan, strict=True)}
         for stack in plan:
@@ -92,11 +91,6 @@ def execute(
                         unwritten[parent].discard(run.folder)
                         if not unwritten[parent]:
                             write_aggregate(parent)
-
-
-def _threads_alone(tuned: Calibration, stacks: int) -> int:
-    """Threads per stack in this process: every core, or what suits a stack alone when it trains just one."""
-    return tuned.threads_alone if stacks == 1 else calibration.cores()
 
 
 def _source(stack: list[PlannedRun]) -> tuple[str, int]:

@@ -147,8 +147,14 @@ class InProcess:
 
     workers = 1
 
-    def __init__(self, progress: bool = False):
+    def __init__(self, progress: bool = False, threads_alone: int | None = None):
         self.progress = progress
+        self.threads_alone = threads_alone or calibration.cores()
+
+    def threads(self, stacks: int) -> int:
+        """Threads per stack: every core, or what suits a stack alone (the calibration's `threads_alone`)
+        when the plan is just one."""
+        return self.threads_alone if stacks == 1 else calibration.cores()
 
     def run(self, tasks: list[StackTask], datasets: dict) -> Iterator[tuple[StackTask, StackOutcome]]:
         for task in tasks:
@@ -173,12 +179,13 @@ class OnDask:
     def workers(self) -> int:
         return max(1, len(self._workers()))
 
-    def threads(self) -> int:
-        """Threads per stack: a worker's share of its machine's cores, its cores over the Dask threads of
-        every worker there (`dask worker --nworkers 2 --nthreads 1` on 2 cores: one each), the smallest
-        share of the cluster as it is now. Every stack of a plan trains with it, wherever it lands: a
-        worker that decided when it trained, as it used to, took both cores of an Intel Xeon for a stack
-        it trained again after the other worker was killed, and the matmuls' sums split differently."""
+    def threads(self, stacks: int) -> int:
+        """Threads per stack, however many the plan has: a worker's share of its machine's cores, its
+        cores over the Dask threads of every worker there (`dask worker --nworkers 2 --nthreads 1` on 2
+        cores: one each), the smallest share of the cluster as it is now. Every stack of a plan trains
+        with it, wherever it lands: a worker that decided when it trained, as it used to, took both
+        cores of an Intel Xeon for a stack it trained again after the other worker was killed, and the
+        matmuls' sums split differently."""
         # Worker address -> its machine's cores; a worker that cannot answer (dying) is left out.
         cores = self.client.run(calibration.cores, on_error="ignore")
         workers = self._workers()
@@ -228,10 +235,15 @@ def _result(future, task: StackTask) -> StackOutcome:
 
 @contextlib.contextmanager
 def executor(
-    cluster: str | None, workers: int, progress: bool, log: Callable[[str], None]
+    cluster: str | None,
+    workers: int,
+    progress: bool,
+    log: Callable[[str], None],
+    threads_alone: int | None = None,
 ) -> Iterator[InProcess | OnDask]:
     """The executor for a plan: the Dask cluster at `cluster`; else `workers` local worker processes, when
-    more than one; else this process. Each task says how many threads it trains with."""
+    more than one; else this process, with `threads_alone` threads (every core if None) for a plan of one
+    stack. Each task says how many threads it trains with (`threads`)."""
     if cluster:
         with _connect(cluster) as client:
             log(f"training on the Dask cluster at {cluster} ({OnDask(client).workers} workers)")
@@ -241,7 +253,7 @@ def executor(
         with local_cluster(workers) as client:
             yield OnDask(client)
     else:
-        yield InProcess(progress)
+        yield InProcess(progress, threads_alone)
 
 
 @contextlib.contextmanager
