@@ -118,6 +118,43 @@ def test_a_study_runs_on_a_cluster_and_survives_a_killed_worker(tmp_path, data_e
         assert not list((tmp_path / "hit").rglob(".*.building"))
 
 
+# Two stacks of unequal length (two architectures): one worker is left idle while the other trains.
+UNEQUAL = ["study", "--presets", "provided", "powerful", "--epochs", "8", "--set", "train.batch_size=256",
+           "--no-compile", "--quiet"]  # fmt: skip
+
+
+def _holders(client) -> set[str]:
+    """The workers that hold a copy of a data set the driver sent."""
+    return {worker for key, workers in client.who_has().items() if "PackedDataset" in str(key) for worker in workers}
+
+
+def test_a_worker_killed_with_the_last_copy_of_the_data_loses_nothing(tmp_path, data_env):
+    # Once a worker has nothing left to train, Dask drops its copy of the data set, so the worker still
+    # training holds the only one, and its death takes the data set along: the driver sends it again.
+    with _cluster() as (address, client, procs):
+        assert main([*UNEQUAL, "--cluster", address, "--out", str(tmp_path / "calm")]) == 0
+        calm = _metrics(tmp_path / "calm")
+        assert sorted(calm) == ["powerful", "provided"]
+
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "mnistlab.cli", *UNEQUAL, "--cluster", address, "--out", str(tmp_path / "hit")]
+        )
+        killed = []
+        deadline = time.monotonic() + 120
+        while not killed and time.monotonic() < deadline and driver.poll() is None:
+            busy = [addr for addr, keys in client.processing().items() if keys]
+            if len(busy) == 1 and _holders(client) == set(busy):  # the other idle, its copy dropped
+                name = client.scheduler_info(n_workers=-1)["workers"][busy[0]]["name"]
+                os.kill(procs[name].pid, signal.SIGKILL)
+                killed.append(name)
+            time.sleep(0.1)
+        assert driver.wait(timeout=300) == 0
+        assert killed, "no moment when the worker still training held the data set's last copy"
+        assert procs[killed[0]].wait(timeout=10) == -signal.SIGKILL
+        assert _metrics(tmp_path / "hit") == calm
+        assert not list((tmp_path / "hit").rglob(".*.building"))
+
+
 def test_a_scheduler_that_cannot_be_reached_is_one_line(tmp_path, data_env, capsys, monkeypatch):
     address = f"tcp://127.0.0.1:{_free_port()}"  # nothing listens there
     monkeypatch.setenv("MNISTLAB_CLUSTER", address)  # as --cluster would give it

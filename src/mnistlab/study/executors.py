@@ -20,6 +20,7 @@ import os
 import platform
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,7 @@ from mnistlab.train.protocol import RunResult, train_protocol
 
 CLUSTER_ENV_VAR = "MNISTLAB_CLUSTER"
 CONNECT_SECONDS = 10
+RESENDS = 3  # times the driver sends a data set again after the cluster lost every copy
 
 
 @dataclass(frozen=True)
@@ -202,26 +204,47 @@ class OnDask:
     def run(self, tasks: list[StackTask], datasets: dict) -> Iterator[tuple[StackTask, StackOutcome]]:
         from distributed import as_completed
 
-        sent = {key: self.client.scatter(ds.pack(), broadcast=True, hash=False) for key, ds in datasets.items()}
+        packed = {key: ds.pack() for key, ds in datasets.items()}
+        sent = {key: self._send(data) for key, data in packed.items()}
+        resent = collections.Counter()
         waiting, running, done = iter(tasks), {}, as_completed()
+
+        def submit(task: StackTask) -> None:
+            future = self.client.submit(train_stack, task, sent[task.source], pure=False)
+            running[future] = task, sent[task.source]
+            done.add(future)
 
         def submit_more():
             """Submit until every worker thread has a stack (workers that joined count from now)."""
             threads = max(1, sum(w["nthreads"] for w in self._workers().values()))
             while len(running) < threads and (task := next(waiting, None)):
-                future = self.client.submit(train_stack, task, sent[task.source], pure=False)
-                running[future] = task
-                done.add(future)
+                submit(task)
 
         submit_more()
         try:
             for future in done:
-                task = running.pop(future)
+                task, data = running.pop(future)
+                if future.cancelled() and data.cancelled():
+                    # The cluster lost the data set: Dask keeps one copy of scattered data that no
+                    # waiting task needs (its memory manager drops the others), cannot compute it
+                    # again, and forgets it when the worker holding that copy dies, cancelling the
+                    # stacks that need it. The driver still has it: send it again, train them again.
+                    if data is sent[task.source]:
+                        resent[task.source] += 1
+                        if resent[task.source] > RESENDS:
+                            raise MnistlabError(f"{task.label}: the cluster lost its data set {RESENDS + 1} times")
+                        sent[task.source] = self._send(packed[task.source])
+                    submit(task)
+                    continue
                 submit_more()  # before the driver writes this stack's folders: no worker waits on it
                 yield task, _result(future, task)
         finally:
             for future in running:
                 future.cancel()
+
+    def _send(self, data: PackedDataset):
+        """The data set on every worker (one copy each), as a future of the cluster's."""
+        return self.client.scatter(data, broadcast=True, hash=False)
 
 
 def _result(future, task: StackTask) -> StackOutcome:
@@ -231,6 +254,8 @@ def _result(future, task: StackTask) -> StackOutcome:
         return future.result()
     except KilledWorker as exc:
         raise MnistlabError(f"{task.label}: every worker that trained it died ({exc})") from None
+    except CancelledError as exc:  # by the scheduler, or another client of it
+        raise MnistlabError(f"{task.label}: the cluster cancelled it ({exc})") from None
 
 
 @contextlib.contextmanager
