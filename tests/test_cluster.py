@@ -88,6 +88,35 @@ def _threads(folder: Path) -> set[int]:
     return {Run.load(p.parent).folder.read_environment()["threads"] for p in folder.rglob("metrics.json")}
 
 
+def _busy(client) -> list[str]:
+    """The workers training a stack now."""
+    return [address for address, keys in client.processing().items() if keys]
+
+
+def _drive_and_kill(plan: list[str], address: str, client, procs: dict, out: Path, moment) -> None:
+    """Run the plan from another process, kill -9 the worker that `moment(client)` names when it names
+    one, and see the driver finish."""
+    driver = subprocess.Popen([sys.executable, "-m", "mnistlab.cli", *plan, "--cluster", address, "--out", str(out)])
+    killed = None
+    deadline = time.monotonic() + 120
+    while not killed and time.monotonic() < deadline and driver.poll() is None:
+        if worker := moment(client):
+            killed = client.scheduler_info(n_workers=-1)["workers"][worker]["name"]
+            os.kill(procs[killed].pid, signal.SIGKILL)
+        time.sleep(0.1)
+    assert driver.wait(timeout=300) == 0
+    assert killed, "the moment to kill a worker never came"
+    assert procs[killed].wait(timeout=10) == -signal.SIGKILL
+    assert not list(out.rglob(".*.building"))
+
+
+def _a_second_into_a_stack(client) -> str | None:
+    if busy := _busy(client):
+        time.sleep(1.0)
+        return busy[0]
+    return None
+
+
 def test_a_study_runs_on_a_cluster_and_survives_a_killed_worker(tmp_path, data_env):
     with _cluster() as (address, client, procs):
         assert main([*PLAN, "--cluster", address, "--out", str(tmp_path / "calm")]) == 0
@@ -96,26 +125,11 @@ def test_a_study_runs_on_a_cluster_and_survives_a_killed_worker(tmp_path, data_e
         assert _threads(tmp_path / "calm") == {max(1, cores() // 2)}  # each worker's share, two workers here
 
         # The same plan again, driven from another process; kill -9 the first worker seen training.
-        driver = subprocess.Popen(
-            [sys.executable, "-m", "mnistlab.cli", *PLAN, "--cluster", address, "--out", str(tmp_path / "hit")]
-        )
-        killed = []
-        deadline = time.monotonic() + 120
-        while not killed and time.monotonic() < deadline and driver.poll() is None:
-            busy = [addr for addr, keys in client.processing().items() if keys]
-            if busy:
-                time.sleep(1.0)  # well into its stack
-                name = client.scheduler_info(n_workers=-1)["workers"][busy[0]]["name"]
-                os.kill(procs[name].pid, signal.SIGKILL)
-                killed.append(name)
-            time.sleep(0.2)
-        assert driver.wait(timeout=300) == 0
-        assert killed and procs[killed[0]].wait(timeout=10) == -signal.SIGKILL
+        _drive_and_kill(PLAN, address, client, procs, tmp_path / "hit", _a_second_into_a_stack)
         # Every run once, with the numbers of the undisturbed run: its stack was trained again elsewhere,
         # with the threads of the plan, not both cores of a worker now alone (other bits on an Intel Xeon).
         assert _metrics(tmp_path / "hit") == calm
         assert _threads(tmp_path / "hit") == {max(1, cores() // 2)}
-        assert not list((tmp_path / "hit").rglob(".*.building"))
 
 
 # Two stacks of unequal length (two architectures): one worker is left idle while the other trains.
@@ -123,9 +137,12 @@ UNEQUAL = ["study", "--presets", "provided", "powerful", "--epochs", "8", "--set
            "--no-compile", "--quiet"]  # fmt: skip
 
 
-def _holders(client) -> set[str]:
-    """The workers that hold a copy of a data set the driver sent."""
-    return {worker for key, workers in client.who_has().items() if "PackedDataset" in str(key) for worker in workers}
+def _holding_the_last_copy(client) -> str | None:
+    """The worker still training, once it holds the only copy of the data set the driver sent (the other
+    idle, its copy dropped)."""
+    holders = {w for key, workers in client.who_has().items() if "PackedDataset" in str(key) for w in workers}
+    busy = _busy(client)
+    return busy[0] if len(busy) == 1 and holders == set(busy) else None
 
 
 def test_a_worker_killed_with_the_last_copy_of_the_data_loses_nothing(tmp_path, data_env):
@@ -135,24 +152,8 @@ def test_a_worker_killed_with_the_last_copy_of_the_data_loses_nothing(tmp_path, 
         assert main([*UNEQUAL, "--cluster", address, "--out", str(tmp_path / "calm")]) == 0
         calm = _metrics(tmp_path / "calm")
         assert sorted(calm) == ["powerful", "provided"]
-
-        driver = subprocess.Popen(
-            [sys.executable, "-m", "mnistlab.cli", *UNEQUAL, "--cluster", address, "--out", str(tmp_path / "hit")]
-        )
-        killed = []
-        deadline = time.monotonic() + 120
-        while not killed and time.monotonic() < deadline and driver.poll() is None:
-            busy = [addr for addr, keys in client.processing().items() if keys]
-            if len(busy) == 1 and _holders(client) == set(busy):  # the other idle, its copy dropped
-                name = client.scheduler_info(n_workers=-1)["workers"][busy[0]]["name"]
-                os.kill(procs[name].pid, signal.SIGKILL)
-                killed.append(name)
-            time.sleep(0.1)
-        assert driver.wait(timeout=300) == 0
-        assert killed, "no moment when the worker still training held the data set's last copy"
-        assert procs[killed[0]].wait(timeout=10) == -signal.SIGKILL
+        _drive_and_kill(UNEQUAL, address, client, procs, tmp_path / "hit", _holding_the_last_copy)
         assert _metrics(tmp_path / "hit") == calm
-        assert not list((tmp_path / "hit").rglob(".*.building"))
 
 
 def test_a_scheduler_that_cannot_be_reached_is_one_line(tmp_path, data_env, capsys, monkeypatch):
