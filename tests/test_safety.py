@@ -115,7 +115,9 @@ def _wait_for(condition, seconds: float) -> None:
 def test_two_processes_on_one_study_folder(tmp_path, mnist_dir):
     env = {**os.environ, "MNISTLAB_DATA": str(mnist_dir)}
     out = tmp_path / "s"
-    args = ["study", "--presets", "provided", "--epochs", "3", "--set", "train.batch_size=1000", "--no-compile"]
+    # Batch 50 keeps the first training for seconds after it takes the lock, longer than the second
+    # takes to start (at batch 1000, half a second longer on an AMD EPYC).
+    args = ["study", "--presets", "provided", "--epochs", "3", "--set", "train.batch_size=50", "--no-compile"]
     first = _mnistlab(*args, "--out", str(out), env=env)
     try:
         _wait_for(lambda: (tmp_path / ".s.lock").exists(), 60)
