@@ -95,6 +95,25 @@ def test_another_machines_calibration_is_never_trusted(cache):
         assert calibration.known(CPU) == calibration.fixed(CPU)  # a worker's view: never measures
 
 
+# /proc/cpuinfo of two machines of this project under KVM: the same name, other instructions.
+ZEN3 = {"model name": "AMD EPYC", "cpu family": "25", "model": "1", "stepping": "1", "flags": "fpu avx2 fma"}
+ZEN4 = {**ZEN3, "model": "17", "flags": "fpu avx2 fma avx512f avx512_bf16 avx512_vnni"}
+
+
+def test_two_cpus_of_one_name_keep_their_own_calibrations(cache, monkeypatch):
+    monkeypatch.setattr(calibration, "cpu_info", lambda: ZEN3)
+    zen3 = calibration.machine(CPU)
+    assert zen3["model"] == "AMD EPYC family 25 model 1 stepping 1" and zen3["isa"] == "avx2 fma"
+    zen3_cache = calibration.cache_path(CPU)
+    _store(zen3_cache, _measured(machine=zen3, bf16_min_macs=None))
+
+    monkeypatch.setattr(calibration, "cpu_info", lambda: ZEN4)
+    assert calibration.machine(CPU)["isa"] == "avx2 fma avx512f avx512_vnni avx512_bf16"
+    assert calibration.cache_path(CPU) != zen3_cache  # its own file: Zen 3's never decides bf16 on Zen 4
+    with pytest.warns(CalibrationWarning, match="another machine"):  # nor Zen 3's file in Zen 4's place
+        assert calibration.read(zen3_cache, calibration.machine(CPU)) is None
+
+
 def test_off_measures_nothing(cache, monkeypatch):
     monkeypatch.setenv(calibration.ENV_VAR, "off")
     assert calibration.calibration(CPU) == calibration.fixed(CPU)

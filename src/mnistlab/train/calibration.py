@@ -1,7 +1,7 @@
 """How this machine wants to train, measured on it once and cached: stack size, worker processes and
 threads, and the smallest matmul worth running in bf16.
 
-None of these is a property of the code. On an AMD EPYC (Zen 3, 2 vCPUs), one single-threaded process
+None of these is a property of the code. On an AMD EPYC (2 vCPUs), one single-threaded process
 trains a stack of three final models 1.35 times as fast per core as one process of two threads, which
 suggests two processes; yet two such processes side by side each slowed to 0.55 of their speed alone,
 and one process of two threads won. So the calibration measures what it would decide between, as it
@@ -24,7 +24,9 @@ there; calibrated again 20 minutes later, two workers took 564 s. Its stacks tra
 member), 1.30 (three) and 1.41 (two) times as fast on two threads in one process as on one thread in a
 worker beside another, and 1.63 for the full batch.
 
-The cache holds one file per machine (CPU or GPU model, core count, torch version) in the user cache.
+The cache holds one file per machine (CPU or GPU model, core count, torch version) in the user cache;
+a CPU's model is its name, family, model number and stepping, and its vector instruction sets, since
+its name alone ("AMD EPYC") does not tell a Zen 3 without AVX-512 from a Zen 4 with bf16.
 A file that does not parse, or that describes another machine, is ignored with a warning and measured
 again. What the calibration decides changes how runs group into stacks and how many threads multiply
 their matrices, so the last bits of their numbers (README, Determinism); on one machine with one cache
@@ -48,9 +50,12 @@ import torch
 from mnistlab.errors import MnistlabError
 from mnistlab.files import write_atomic
 from mnistlab.spec import Architecture, Hyperparameters
-from mnistlab.train.engine import Engine, bf16_hardware, flush_denormals
+from mnistlab.train.engine import Engine, bf16_hardware, cpu_info, flush_denormals
 
 ENV_VAR = "MNISTLAB_CALIBRATION"
+# The instructions that decide how fast a CPU multiplies matrices (oneDNN's kernels dispatch on them).
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+NUMBERS = (("family", "cpu family"), ("model", "model"), ("stepping", "stepping"))  # /proc/cpuinfo's names
 FORMAT = 3  # 2: probes of mixed regularisers, up to 8 members on a CPU; 3: ties go to the workers
 PROBE_ARCH = Architecture(784, (128, 128, 64, 64, 32))  # the lab's final model, which most runs are
 PROBE_BATCH = 32
@@ -114,9 +119,15 @@ class Calibration:
 
 
 def machine(device: torch.device) -> dict:
-    """What a calibration is valid for."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    return {"device": device.type, "model": name, "cores": cores(), "torch": torch.__version__}
+    """What a calibration is valid for. A CPU is named with its family, model and stepping and the vector
+    instruction sets it offers: under KVM an AMD EPYC of Zen 3 (no AVX-512) and one of Zen 4 (AVX-512 with
+    bf16) both call themselves "AMD EPYC", and a hypervisor may hide instructions of either."""
+    common = {"cores": cores(), "torch": torch.__version__}
+    if device.type == "cuda":
+        return {"device": "cuda", "model": torch.cuda.get_device_name(device), **common}
+    offered = set(cpu_info().get("flags", "").split())
+    isa = " ".join(flag for flag in VECTOR_FLAGS if flag in offered) or "none known"
+    return {"device": "cpu", "model": cpu_name(), "isa": isa, **common}
 
 
 def cores() -> int:
@@ -125,13 +136,12 @@ def cores() -> int:
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU as figures are labelled with, e.g. "AMD EPYC family 25 model 17 stepping 1"."""
+    info = cpu_info()
+    if "model name" not in info:
+        return platform.processor() or platform.machine()
+    numbers = [f"{field} {info[key]}" for field, key in NUMBERS if key in info]
+    return " ".join([info["model name"], *numbers])
 
 
 def fixed(device: torch.device) -> Calibration:

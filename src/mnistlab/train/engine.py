@@ -61,14 +61,21 @@ def bf16_hardware(device: torch.device) -> str | None:
     """How the device multiplies bf16 matrices natively: "cuda", "amx", "avx512_bf16", or None (it does not)."""
     if device.type == "cuda":
         return "cuda" if torch.cuda.is_bf16_supported() else None
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return None
-    names = set(flags.split())
+    names = set(cpu_info().get("flags", "").split())
     if "amx_bf16" in names:
         return "amx"
     return "avx512_bf16" if "avx512_bf16" in names else None
+
+
+def cpu_info() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo ("model name", "cpu family", "flags", ...); empty where
+    there is no such file."""
+    try:
+        first = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0]
+    except OSError:
+        return {}
+    fields = (line.partition(":") for line in first.splitlines())
+    return {key.strip(): value.strip() for key, _, value in fields}
 
 
 def flush_denormals() -> None:
