@@ -10,6 +10,9 @@
 # removed at the end), with empty compile caches and a copy of this user's calibration, so that every
 # revision trains the plan one measurement chose: run `mnistlab calibrate` first. It prints each study's
 # seconds and, per stack, the runs that trained together with the seconds they recorded.
+# WARM=1 keeps a revision's compile caches (torch's, and mnistlab's stored steps) from each of its
+# studies to the next: its first study compiles, the later ones load what that one stored, as a user's
+# second study on a machine does.
 # The Python that runs mnistlab is PYTHON (default python3, with torch and mnistlab's dependencies);
 # tf.keras runs in KERAS_PYTHON (default: PYTHON) where TensorFlow imports there, and is skipped otherwise.
 set -euo pipefail
@@ -44,11 +47,16 @@ study() {  # run number, revision, study args...
         git -C "$repo" worktree add --detach --quiet "$src" "$commit"
         added+=("$src")
     fi
+    local caches=$run
+    [ "${WARM:-0}" = 1 ] && caches=$out/caches-$commit
     rm -rf "$run"
-    mkdir -p "$run/cache/mnistlab"
-    [ -d "$calibration" ] && cp -r "$calibration" "$run/cache/mnistlab/"
+    mkdir -p "$run"
+    if [ ! -d "$caches/cache/mnistlab" ]; then
+        mkdir -p "$caches/cache/mnistlab"
+        [ -d "$calibration" ] && cp -r "$calibration" "$caches/cache/mnistlab/"
+    fi
     local start=$SECONDS status=0
-    XDG_CACHE_HOME=$run/cache TORCHINDUCTOR_CACHE_DIR=$run/inductor PYTHONPATH=$src/src \
+    XDG_CACHE_HOME=$caches/cache TORCHINDUCTOR_CACHE_DIR=$caches/inductor PYTHONPATH=$src/src \
         "$python" -m mnistlab.cli study --out "$run/study" --data-dir "$data" --quiet "$@" \
         >"$run/log" 2>&1 || status=$?
     echo "study $number, $rev ($commit), $(date +%H:%M): $((SECONDS - start)) s, exit $status"
