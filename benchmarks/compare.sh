@@ -46,6 +46,7 @@ study() {  # run number, revision, study args...
     if [ ! -d "$src" ]; then
         git -C "$repo" worktree add --detach --quiet "$src" "$commit"
         added+=("$src")
+        rm -rf "$out/caches-$commit"  # a revision's first study here compiles, even in an OUT_DIR used before
     fi
     local caches=$run
     [ "${WARM:-0}" = 1 ] && caches=$out/caches-$commit
