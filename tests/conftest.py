@@ -90,6 +90,17 @@ def small_mnist(mnist) -> data.Dataset:
     )
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, mnist_dir) -> Path:
+    """A finished run folder of the provided model, one epoch at batch 1000, eagerly: seconds to train.
+    Tests that change it work on a copy."""
+    from mnistlab import api
+
+    out = tmp_path_factory.mktemp("tiny") / "provided"
+    api.run("provided", epochs=1, overrides=["train.batch_size=1000"], compile=False, data_dir=mnist_dir, out=out)
+    return out
+
+
 # Tests run with fixed settings, not a measured calibration: the same plan on every machine, and no
 # minute of measuring in the first test that trains. tests/test_calibration.py measures on purpose.
 os.environ.setdefault("MNISTLAB_CALIBRATION", "off")

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mnistlab import api, data
+from mnistlab import data
 from mnistlab.cli import main
 from mnistlab.data.idx import parse_images, parse_labels, read_bytes
 from mnistlab.errors import ConfigError, DataError, MnistlabError
@@ -194,10 +194,8 @@ def test_property_gzip_garbage_is_a_data_error(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, mnist_dir):
-    out = tmp_path_factory.mktemp("run") / "provided"
-    api.run("provided", epochs=1, overrides=["train.batch_size=1000"], compile=False, data_dir=mnist_dir, out=out)
-    return out
+def finished_run(tiny_run):
+    return tiny_run
 
 
 def _run_folder_variants(folder) -> list[tuple[str, str, bytes]]:

@@ -19,9 +19,10 @@ from mnistlab.nn.summary import summary
 from mnistlab.spec import Architecture, Augmentation, Hyperparameters, config
 from mnistlab.train.augment import _uniform, distort, strengths
 from mnistlab.train.engine import Engine
-from mnistlab.train.fit import _Lockstep, _Schedule, fit
+from mnistlab.train.fit import _Lockstep, fit
 from mnistlab.train.progress import ProgressBars
 from mnistlab.train.protocol import streams
+from mnistlab.train.schedule import Schedule
 
 LAB_BUDGET = 131_818
 CPU = torch.device("cpu")
@@ -166,7 +167,7 @@ def test_cosine_schedule_warms_up_then_falls_to_zero():
         Hyperparameters(seed=0, learning_rate=1.0, epochs=4, schedule="cosine", warmup_epochs=1),
         Hyperparameters(seed=0, learning_rate=0.5, epochs=2),
     ]
-    schedule = _Schedule(members, steps_per_epoch=10)
+    schedule = Schedule(members, steps_per_epoch=10)
     rates = torch.cat([schedule.epoch_rates(torch.tensor([1.0, 0.5])) for _ in range(4)]).numpy()
     assert rates[0, 0] == pytest.approx(0.1) and rates[9, 0] == pytest.approx(1.0)  # linear warm-up
     expected = 0.5 * (1 + np.cos(np.pi * (np.arange(10, 40) - 10) / 30))

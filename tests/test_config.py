@@ -66,11 +66,11 @@ def test_the_spec_layer_imports_no_torch():
     [
         (["model.widths=[3]"], "unknown key 'model.widths'"),
         (["optimizer.name=sgd"], "unknown key 'optimizer.name'"),
-        (["train.epochs=0"], "train.epochs must be a positive integer, got 0"),
+        (["train.epochs=0"], "train.epochs must be an integer from 1 to 100,000, got 0"),
         (["train.batch_size=half"], "train.batch_size must be a positive integer or \"full\", got 'half'"),
         (["model.dropout=1.5"], "model.dropout must be a rate in [0, 1), got 1.5"),
         (["model.activation=gelu"], "model.activation must be relu or sigmoid or tanh, got 'gelu'"),
-        (["model.l2=-1"], "model.l2 must be a non-negative number, got -1"),
+        (["model.l2=-1"], "model.l2 must be a number from 0 to 100, got -1"),
         (["early_stopping.patience=true"], "early_stopping.patience must be a non-negative integer, got True"),
         (["epochs"], "expected key=value"),
     ],
@@ -106,4 +106,7 @@ def test_cli_reports_bad_config_in_one_line():
         text=True,
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == "mnistlab: error: --set: train.learning_rate must be a positive number, got 'fast'"
+    assert (
+        result.stderr.strip()
+        == "mnistlab: error: --set: train.learning_rate must be a number above 0, at most 10, got 'fast'"
+    )

@@ -5,7 +5,22 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mnistlab"
 # Bottom to top. A module may import from its own stage and the stages below it, never above.
-STAGES = ["errors", "files", "spec", "data", "nn", "train", "evaluation", "study", "reporting", "serving", "api", "cli"]
+STAGES = [
+    "version",
+    "errors",
+    "files",
+    "spec",
+    "data",
+    "records",
+    "nn",
+    "train",
+    "evaluation",
+    "study",
+    "reporting",
+    "serving",
+    "api",
+    "cli",
+]
 
 
 def _stage(module: str) -> str:

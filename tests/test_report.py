@@ -18,10 +18,9 @@ from mnistlab.evaluation import figures
 from mnistlab.evaluation.analysis import ConfusedPair, Misclassified, analyse
 from mnistlab.evaluation.statistics import summarise
 from mnistlab.files import MARK
+from mnistlab.records import Epoch, Score
 from mnistlab.reporting import build, findings
 from mnistlab.spec import config
-from mnistlab.train.fit import Epoch
-from mnistlab.train.protocol import Score
 
 ARTIFACTS = Path(os.environ.get("MNISTLAB_ARTIFACTS", Path(__file__).resolve().parents[1] / "build" / "test-artifacts"))
 

@@ -331,3 +331,210 @@ def test_the_final_presets_model_reads_photo_like_digits_at_97_percent(tmp_path,
     reader, rng = Predictor(run.folder.path), np.random.default_rng(0)
     predictions = reader.predict([to_mnist(read(photo(x[i], rng), "photo")) for i in range(1000)])
     assert np.mean([p.label == str(y[i]) for i, p in enumerate(predictions)]) >= 0.97
+
+
+# --- pictures as people send them ---------------------------------------------------------------------
+
+
+def test_a_phone_photo_is_read_upright_as_its_exif_orientation_says(model, digits, tmp_path):
+    x, y = digits
+    upright = _page(x[3])
+    sideways = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view": the sensor's pixels lie sideways
+    upright.rotate(90, expand=True).convert("RGB").save(sideways, exif=exif.tobytes(), quality=95)
+    (reading,) = Predictor(model).predict_files([sideways])
+    (plain,) = Predictor(model).predict([to_mnist(np.asarray(upright, np.float32) / 255)])
+    assert reading.label == plain.label == str(y[3])
+
+
+@pytest.mark.parametrize("ink", [0, 255])
+def test_ink_on_a_transparent_background_reads_as_on_paper(model, digits, tmp_path, ink):
+    x, y = digits
+    alpha = np.asarray(_page(x[4]).convert("L"))  # dark ink: 0 on the page; make ink opaque, page clear
+    rgba = np.zeros((*alpha.shape, 4), np.uint8)
+    rgba[..., :3] = ink
+    rgba[..., 3] = 255 - alpha
+    path = tmp_path / "transparent.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    (reading,) = Predictor(model).predict_files([path])
+    assert not reading.empty and reading.label == str(y[4])
+
+
+def test_predict_json_leaves_out_the_image_unless_asked(model, digits, tmp_path, capsys):
+    path = tmp_path / "d.png"
+    _page(digits[0][0]).save(path)
+    assert main(["predict", str(model), str(path), "--json"]) == 0
+    assert "image" not in json.loads(capsys.readouterr().out)
+    assert main(["predict", str(model), str(path), "--json", "--with-image"]) == 0
+    image = json.loads(capsys.readouterr().out)["image"]
+    assert len(image) == 28 and all(len(row) == 28 for row in image)
+
+
+def test_api_refuses_nan_pixels_and_json_nested_to_exhaust_a_parser(client):
+    pixels = [0.0] * 783
+    for body in (
+        b'{"pixels": [' + b"NaN, " * 783 + b"NaN]}",
+        json.dumps({"pixels": [*pixels, 1e400]}).encode(),
+        b'{"pixels": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b"[" * 10_000_000,
+    ):
+        answer = client.post("/api/predict", content=body, headers={"content-type": "application/json"})
+        assert answer.status_code in (400, 413, 422) and "error" in answer.json(), answer.text
+    assert client.get("/healthz").status_code == 200
+
+
+def test_serve_refuses_ports_it_cannot_listen_on_in_one_line(model, capsys):
+    for port in ("-1", "65536", "http"):
+        with pytest.raises(SystemExit) as done:
+            main(["serve", str(model), "--port", port])
+        assert done.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("mnistlab serve: error: argument --port") and "\n" not in err
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        assert main(["serve", str(model), "--port", str(busy.getsockname()[1])]) == 1
+        err = capsys.readouterr().err.strip()
+        assert "cannot listen on 127.0.0.1:" in err and "in use" in err and "\n" not in err
+    finally:
+        busy.close()
+
+
+# --- the server under load ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def live_server(model):
+    """The app served by uvicorn on a free loopback port, in a thread of this process, with a short body
+    deadline; its log lines are collected. Stopped by the fixture."""
+    import logging
+    import threading
+
+    import uvicorn
+
+    from mnistlab.serving import server
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.append(self.format(record))
+
+    handler = Collect()
+    for name in ("mnistlab.serve", "uvicorn.error"):
+        logging.getLogger(name).addHandler(handler)
+    app = server.create_app(Predictor(model), "load test", body_seconds=1.0)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_level="warning", timeout_keep_alive=2, limit_concurrency=256)
+    running = uvicorn.Server(config)
+    thread = threading.Thread(target=running.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not running.started:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    yield sock.getsockname()[1], lines
+    running.should_exit = True
+    thread.join(timeout=30)
+    for name in ("mnistlab.serve", "uvicorn.error"):
+        logging.getLogger(name).removeHandler(handler)
+
+
+def _upload(port: int, body: bytes, name: str = "d.png") -> tuple[int, float]:
+    boundary = "mnistlabboundary"
+    form = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + body
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/predict", data=form,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )  # fmt: skip
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            status = answer.status
+    except urllib.error.HTTPError as refused:
+        status = refused.code
+    return status, time.perf_counter() - started
+
+
+def _healthz(port: int) -> float:
+    started = time.perf_counter()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=60) as answer:
+        assert answer.status == 200
+    return time.perf_counter() - started
+
+
+def _large_png(side: tuple[int, int], digit: np.ndarray) -> bytes:
+    """A mostly blank page of `side` pixels with a digit on it: small as a file, large decoded."""
+    page = Image.new("L", side, 255)
+    ink = Image.fromarray(((1 - digit) * 255).astype(np.uint8)).resize((side[1] // 3,) * 2)
+    page.paste(ink, (side[0] // 3, side[1] // 3))
+    out = io.BytesIO()
+    page.save(out, "PNG", optimize=True)
+    return out.getvalue()
+
+
+def test_the_server_stays_responsive_while_uploads_decode(live_server, digits):
+    """Ten uploads decoding at once (12-megapixel pages), ten more that decode to 6000x6000 (refused
+    from their header), and /healthz asked throughout: it answers in milliseconds, not after the
+    decoding (13.7 s before the decoding left the event loop)."""
+    port, _ = live_server
+    x, y = digits
+    allowed, bomb = _large_png((4000, 3000), x[5]), _large_png((6000, 6000), x[5])
+    assert len(allowed) < 1 << 20 and len(bomb) < 1 << 20
+    idle = [_healthz(port) for _ in range(5)]
+    with ThreadPoolExecutor(20) as pool:
+        uploads = [pool.submit(_upload, port, body) for body in [allowed] * 10 + [bomb] * 10]
+        busy = []
+        while not all(u.done() for u in uploads[:10]) or len(busy) < 5:
+            busy.append(_healthz(port))
+        results = [u.result() for u in uploads]
+    statuses = [status for status, _ in results]
+    assert statuses[:10] == [200] * 10 and statuses[10:] == [400] * 10
+    upload_seconds = max(seconds for _, seconds in results[:10])
+    print(
+        f"healthz idle median {1e3 * np.median(idle):.1f} ms; during 20 uploads: median "
+        f"{1e3 * np.median(busy):.1f} ms, max {1e3 * max(busy):.1f} ms over {len(busy)} asks; "
+        f"uploads took up to {upload_seconds:.2f} s"
+    )
+    assert np.median(busy) < 0.1
+
+
+def test_slow_and_vanishing_clients_neither_stall_the_server_nor_leave_tracebacks(live_server, digits):
+    port, lines = live_server
+    before = len(lines)
+    slow = socket.create_connection(("127.0.0.1", port))  # sends half its body, then nothing
+    slow.sendall(
+        b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n[0,"
+    )
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(50)]  # connect, say nothing
+    for sock in idle[:25]:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+    gone = socket.create_connection(("127.0.0.1", port))  # hangs up mid-upload
+    gone.sendall(
+        b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        b'Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+    )
+    gone.close()
+    assert _healthz(port) < 1.0
+    slow.settimeout(10)
+    answer = slow.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 408") and "took over 1 s" in answer
+    for sock in [slow, *idle]:
+        sock.close()
+    x, y = digits
+    status, _ = _upload(port, _png(_page(x[6])))
+    assert status == 200
+    time.sleep(0.5)
+    new = lines[before:]
+    assert not any("Traceback" in line or "Exception in ASGI" in line for line in new), new
+    assert any("took over 1 s" in line for line in new) and any("hung up" in line for line in new), new

@@ -54,11 +54,17 @@ BAD = {
         'base = "provided"\ncolour = 1\n[[axis]]\nkey = "model.l2"\nvalues = [0.1]\n',
         "unknown key 'colour'",
     ),
-    "empty axis": ('base = "provided"\n[[axis]]\nkey = "model.l2"\nvalues = []\n', "values is empty"),
+    "empty axis": (
+        'base = "provided"\n[[axis]]\nkey = "model.l2"\nvalues = []\n',
+        "values must be a list of one or more values",
+    ),
     "no axis": ('base = "provided"\n', "missing 'axis'"),
     "seed axis": ('base = "provided"\n[[axis]]\nkey = "seed"\nvalues = [1, 2]\n', "cannot be swept"),
     "log of zero": ('base = "provided"\n[[axis]]\nkey = "model.l2"\nlog_range = [0, 1]\npoints = 3\n', "0 < lo < hi"),
-    "one point": ('base = "provided"\n[[axis]]\nkey = "model.l2"\nlog_range = [1e-5, 1]\npoints = 1\n', "at least 2"),
+    "one point": (
+        'base = "provided"\n[[axis]]\nkey = "model.l2"\nlog_range = [1e-5, 1]\npoints = 1\n',
+        "points = N, from 2 to 1,000, got 1",
+    ),
     "drawn grid": ('base = "provided"\n[[axis]]\nkey = "model.l2"\nuniform = [0, 1]\n', "add [search]"),
     "pairs": ('base = "provided"\n[[axis]]\nkeys = ["model.l2", "model.l1"]\nvalues = [[1]]\n', "one value per key"),
     "bad method": (

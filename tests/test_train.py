@@ -11,8 +11,9 @@ from mnistlab.spec import Hyperparameters as Member
 from mnistlab.study.write import curve_marks
 from mnistlab.train import fit as fit_module
 from mnistlab.train.engine import Engine
-from mnistlab.train.fit import ADAM_EPSILON, StackState, Totals, _Stopper, fit, seed_for, train_step
+from mnistlab.train.fit import ADAM_EPSILON, StackState, Totals, fit, seed_for, train_step
 from mnistlab.train.protocol import streams, train_protocol
+from mnistlab.train.tracker import Stopper
 
 SMALL = Architecture(784, (32, 16))
 EAGER = Engine(compile=False)
@@ -197,10 +198,10 @@ def test_a_run_that_is_the_first_epochs_of_another_is_read_off_its_training(monk
 
 
 def test_stopper_follows_keras_rules():
-    stopper = _Stopper(EarlyStopping(monitor="val_loss", patience=1, min_delta=0.1))
+    stopper = Stopper(EarlyStopping(monitor="val_loss", patience=1, min_delta=0.1))
     assert stopper.update(1, 1.0) == (True, False)
     assert stopper.update(2, 0.95) == (False, True)  # not better by min_delta; patience 1 used up
-    accuracy = _Stopper(EarlyStopping(monitor="val_accuracy", patience=0))
+    accuracy = Stopper(EarlyStopping(monitor="val_accuracy", patience=0))
     assert accuracy.update(1, 0.5) == (True, False)
     assert accuracy.update(2, 0.6) == (True, False)
     assert accuracy.update(3, 0.55) == (False, True) and accuracy.best_epoch == 2

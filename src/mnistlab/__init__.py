@@ -5,7 +5,7 @@ The Python API is the command line's: `run`, `study`, `sweep`, `report`, `calibr
 `import mnistlab.spec` stays free of torch.
 """
 
-__version__ = "0.1.0"
+from mnistlab.version import __version__
 
 API = ("calibrate", "load_run", "load_runs", "presets", "report", "run", "study", "sweep", "sweeps")
 __all__ = ["__version__", *API]

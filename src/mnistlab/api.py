@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mnistlab.errors import ConfigError, MnistlabError
+from mnistlab.files import check_output
 from mnistlab.reporting import build
 from mnistlab.spec import Experiment, config
 from mnistlab.spec import sweep as sweep_spec
@@ -22,7 +23,7 @@ from mnistlab.study import sweep as sweeping
 from mnistlab.study.execute import Placement, execute
 from mnistlab.study.executors import CLUSTER_ENV_VAR
 from mnistlab.study.folder import Run, RunFolder
-from mnistlab.study.plan import PlannedRun, seed_runs
+from mnistlab.study.plan import PlannedRun, check_size, seed_runs
 from mnistlab.train import calibration
 from mnistlab.train.engine import Engine
 
@@ -115,7 +116,7 @@ def run(preset: str, *, out: Path | str | None = None, **options) -> list[Run]:
     """
     options = Options(**options)
     spec = options.experiment(preset)
-    folder = RunFolder(out or Path("runs") / spec.name)
+    folder = RunFolder(check_output(out or Path("runs") / spec.name, folder=True))
     with claim.lock(folder.path):
         planned = _claim_runs(spec, folder, options.seeds, options.overwrite)
         options.train(planned)
@@ -142,6 +143,8 @@ def study(presets: list[str] | None = None, *, out: Path | str = "study", **opti
     """
     options, out = Options(**options), Path(out)
     specs = [options.experiment(name) for name in presets or config.study_presets()]
+    check_size(len(specs) * options.seeds, f"{len(specs)} experiments x {options.seeds:,} seeds")
+    check_output(out, folder=True)
     with claim.lock(out):
         claim.prepare(out, "study", overwrite=options.overwrite)
         planned = [
@@ -171,7 +174,9 @@ def sweep(name_or_file: str, *, out: Path | str | None = None, **options) -> lis
         spec_of_point = options.experiment(spec.base, first=list(spec.overrides), last=point.overrides())
         return _claim_runs(spec_of_point, folder, options.seeds, options.overwrite)
 
+    check_size(spec.size * options.seeds, f"sweep {spec.name}, {spec.size:,} points x {options.seeds:,} seeds")
     _check_points(spec, options)
+    check_output(out, folder=True)
     with claim.lock(out):
         claim.prepare(out, "sweep", overwrite=options.overwrite)
         if spec.search.method == "optuna":

@@ -12,10 +12,10 @@ import time
 import warnings
 from pathlib import Path
 
-from mnistlab import __version__
 from mnistlab.data.catalog import CATALOG
 from mnistlab.errors import MnistlabError
 from mnistlab.train.choices import DEVICES, PRECISIONS
+from mnistlab.version import __version__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,8 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in one line (and where to look for help) rather than the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mnistlab", description=__doc__)
+    parser = _Parser(prog="mnistlab", description=__doc__)
     parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -92,17 +99,19 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--onnx", type=Path, metavar="FILE", help="read with this ONNX file instead (no torch)")
     predict.add_argument("--json", action="store_true", help="one JSON object per image")
     predict.add_argument("--top", type=int, default=3, metavar="K", help="show the K most probable classes")
+    predict.add_argument("--with-image", action="store_true", help="with --json: also the 28x28 image the model read")
     predict.set_defaults(func=_predict)
 
     serve = commands.add_parser("serve", help="a page to draw digits on, and a JSON API, for a trained model")
     serve.add_argument("model", type=Path, metavar="RUN_DIR")
     serve.add_argument("--host", default="127.0.0.1", help="default: loopback only")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_port, default=8000)
     serve.set_defaults(func=_serve)
 
     export = commands.add_parser("export", help="export a trained model")
     export.add_argument("model", type=Path, metavar="RUN_DIR")
-    export.add_argument("--onnx", type=Path, required=True, metavar="FILE")
+    export.add_argument("--onnx", type=Path, required=True, metavar="FILE", help="the ONNX file to write")
+    export.add_argument("--overwrite", action="store_true", help="replace a file there that mnistlab did not write")
     export.set_defaults(func=_export)
     return parser
 
@@ -270,27 +279,35 @@ def _predict(args: argparse.Namespace) -> None:
         images, reader = args.images, Predictor(args.model)
     for path, prediction in zip(images, reader.predict_files(images, args.top), strict=True):
         if args.json:
-            print(json.dumps({"file": str(path), **prediction.to_json()}))
+            print(json.dumps({"file": str(path), **prediction.to_json(args.with_image)}))
         else:
             print(f"{path}: {prediction.describe()}")
 
 
 def _serve(args: argparse.Namespace) -> None:
-    import uvicorn
-
     from mnistlab.serving.predictor import Predictor
-    from mnistlab.serving.server import create_app
+    from mnistlab.serving.server import create_app, serve
 
     app = create_app(Predictor(args.model), str(args.model))
     print(f"serving {args.model} on http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    serve(app, args.host, args.port)
 
 
 def _export(args: argparse.Namespace) -> None:
     from mnistlab.serving.onnx import export
 
-    export(args.model, args.onnx)
+    export(args.model, args.onnx, args.overwrite)
     print(f"{args.onnx}: the model of {args.model}, with its softmax, for onnxruntime")
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port: ports are 0 to 65535")
+    return port
 
 
 def _interrupt(signum, frame) -> None:

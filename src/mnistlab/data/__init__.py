@@ -3,11 +3,10 @@
 The catalog loads without torch; the loader (`dataset`) on first use of its names.
 """
 
-from mnistlab.data.catalog import CATALOG, FILES, Catalogued
+from mnistlab.data.catalog import CATALOG, FILES, SPLITS, Catalogued
 
 _DATASET = (
     "ENV_VAR",
-    "SPLITS",
     "Dataset",
     "PackedDataset",
     "Splits",
@@ -17,7 +16,7 @@ _DATASET = (
     "locate",
     "size_label",
 )
-__all__ = ["CATALOG", "FILES", "Catalogued", *_DATASET]
+__all__ = ["CATALOG", "FILES", "SPLITS", "Catalogued", *_DATASET]
 
 
 def __getattr__(name: str):

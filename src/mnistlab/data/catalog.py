@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+SPLITS = ("train", "validation", "full", "test")  # the lab's four splits (see `dataset`)
 FILES = {  # role -> file name, without the optional .gz
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",

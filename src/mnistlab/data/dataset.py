@@ -21,13 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnistlab.data.catalog import CATALOG, FILES, Catalogued
+from mnistlab.data.catalog import CATALOG, FILES, SPLITS, Catalogued
 from mnistlab.data.download import fetch, sha256_hex
 from mnistlab.data.idx import parse_images, parse_labels, read_bytes
 from mnistlab.errors import DataError
 
 ENV_VAR = "MNISTLAB_DATA"
-SPLITS = ("train", "validation", "full", "test")
 
 
 def size_label(count: int) -> str:

@@ -26,7 +26,7 @@ from PIL.PngImagePlugin import PngInfo  # noqa: E402
 from mnistlab.evaluation.analysis import ClassScores, Misclassified  # noqa: E402
 from mnistlab.evaluation.statistics import Summary  # noqa: E402
 from mnistlab.files import MARK, write_atomic  # noqa: E402
-from mnistlab.train.fit import Epoch  # noqa: E402
+from mnistlab.records import Epoch  # noqa: E402
 
 TRAIN_COLOUR, EVAL_COLOUR = "#1f77b4", "#d62728"
 METRICS = (("loss", "loss"), ("accuracy", "accuracy"))

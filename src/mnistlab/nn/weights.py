@@ -9,9 +9,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from mnistlab.errors import MnistlabError
-from mnistlab.files import write_atomic
+from mnistlab.files import regular_file, write_atomic
 from mnistlab.nn.mlp import layers
-from mnistlab.spec import Architecture
+from mnistlab.spec import ACTIVATIONS, Architecture
 
 
 def save(path: Path, params: torch.Tensor, arch: Architecture, extra: dict | None = None) -> None:
@@ -37,18 +37,53 @@ def _sorted_metadata(blob: bytes) -> bytes:
 
 
 def load(path: Path) -> tuple[torch.Tensor, Architecture]:
-    """The flat (P,) parameters and architecture of a model written by `save`."""
+    """The flat (P,) parameters and architecture of a model written by `save`, checked to be that model:
+    its architecture one mnistlab builds, every tensor float32 of exactly its layer's shape, no other
+    tensor, every weight finite. A file that loads but is not the model would give confident nonsense."""
     try:
+        if not regular_file(path):
+            raise OSError("not a regular file")
         with safe_open(path, framework="pt") as f:
-            spec = json.loads(f.metadata()["architecture"])
-            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
-        arch = Architecture(
-            spec["inputs"], tuple(spec["hidden"]), spec["classes"], spec["activation"], spec.get("crop", 0)
-        )
-        parts = [tensors[f"dense_{i}.{part}"].flatten() for i in range(len(arch.shapes)) for part in ("kernel", "bias")]
-    except (OSError, SafetensorError, KeyError, ValueError, TypeError) as exc:
+            arch = architecture(json.loads(f.metadata()["architecture"]))
+            expected = _expected_shapes(arch)
+            if set(f.keys()) != set(expected):
+                raise ValueError(f"tensors {sorted(f.keys())}, where the architecture has {sorted(expected)}")
+            tensors = {name: f.get_tensor(name) for name in expected}
+    except (OSError, SafetensorError, KeyError, ValueError, TypeError, AttributeError) as exc:
         raise MnistlabError(f"{path}: not a mnistlab model ({exc})") from None
-    params = torch.cat(parts)
-    if params.numel() != arch.num_params:
-        raise MnistlabError(f"{path}: {params.numel()} parameters, its architecture needs {arch.num_params}")
-    return params, arch
+    for name, tensor in tensors.items():
+        if tensor.dtype != torch.float32:
+            raise MnistlabError(f"{path}: {name} is {str(tensor.dtype).removeprefix('torch.')}, not float32")
+        if tuple(tensor.shape) != expected[name]:
+            raise MnistlabError(f"{path}: {name} has shape {tuple(tensor.shape)}, its layer needs {expected[name]}")
+        if not torch.isfinite(tensor).all():
+            raise MnistlabError(f"{path}: {name} holds values that are not finite numbers (NaN or infinity)")
+    return torch.cat([tensors[name].flatten() for name in expected]), arch
+
+
+def architecture(spec: dict) -> Architecture:
+    """An Architecture from its JSON description (`dataclasses.asdict`), checked to be one mnistlab builds;
+    ValueError otherwise."""
+    if not isinstance(spec, dict):
+        raise ValueError("the architecture is not a JSON object")
+    hidden, crop = spec["hidden"], spec.get("crop", 0)
+    numbers = [spec["inputs"], spec["classes"], crop, *(hidden if isinstance(hidden, list) else [None])]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
+        raise ValueError("widths must be whole numbers")
+    if spec["activation"] not in ACTIVATIONS:
+        raise ValueError(f"activation {spec['activation']!r}; mnistlab's models use {', '.join(ACTIVATIONS)}")
+    arch = Architecture(spec["inputs"], tuple(hidden), spec["classes"], spec["activation"], crop)
+    if arch.inputs < 1 or arch.classes < 2 or not all(hidden) or not 0 < len(hidden) <= 100:
+        raise ValueError(f"no model of {arch.inputs} inputs, hidden layers {list(hidden)} and {arch.classes} classes")
+    if crop and (arch.side**2 != arch.inputs or arch.window < 1):
+        raise ValueError(f"crop {crop} leaves nothing of {arch.inputs} pixels")
+    return arch
+
+
+def _expected_shapes(arch: Architecture) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape, layer by layer, in the order of the flat parameters."""
+    shapes = {}
+    for index, (n_in, n_out) in enumerate(arch.shapes):
+        shapes[f"dense_{index}.kernel"] = (n_in, n_out)
+        shapes[f"dense_{index}.bias"] = (n_out,)
+    return shapes

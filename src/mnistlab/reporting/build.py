@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from mnistlab import __version__
 from mnistlab.data import SPLITS, size_label
 from mnistlab.errors import MnistlabError
 from mnistlab.evaluation import figures
 from mnistlab.evaluation.statistics import PAIRED, Summary, summarise
-from mnistlab.files import MARK, write_atomic
+from mnistlab.files import check_output, is_ours, write_atomic
+from mnistlab.records import Score
 from mnistlab.reporting import beyond, errors, sweeps
 from mnistlab.reporting.document import (
     Bullets,
@@ -35,7 +35,7 @@ from mnistlab.reporting.document import (
 )
 from mnistlab.reporting.findings import MIN_SEEDS, SIGNIFICANCE, cell, compare, pairs, percent, verdict
 from mnistlab.study.folder import Run, RunFolder
-from mnistlab.train.protocol import Score
+from mnistlab.version import __version__
 
 # The lab report's order of sections, for the order of runs in ours.
 REPORT_ORDER = (
@@ -305,8 +305,8 @@ def _run_blocks(experiment: ExperimentRuns, seed_errors: errors.SeedErrors) -> l
             f"{cell(experiment.stat('test', 'accuracy'), 'accuracy')}, {first.metrics.parameters:,} parameters. "
             f"Folder: {experiment.folder.path}."
         ),
-        Image(experiment.folder.file(RunFolder.VALIDATION_CURVES), f"{name}: validation curves"),
-        Image(experiment.folder.file(RunFolder.RETRAINING_CURVE), f"{name}: retraining on {sizes['full']}"),
+        Image(_figure(experiment, RunFolder.VALIDATION_CURVES), f"{name}: validation curves"),
+        Image(_figure(experiment, RunFolder.RETRAINING_CURVE), f"{name}: retraining on {sizes['full']}"),
         Image(folder.file(RunFolder.MISCLASSIFIED), f"{name}: first 9 misclassified test images"),
         Paragraph("The class pairs most often confused on the test set:"),
         Table(
@@ -329,6 +329,13 @@ def _run_blocks(experiment: ExperimentRuns, seed_errors: errors.SeedErrors) -> l
     ]
 
 
+def _figure(experiment: ExperimentRuns, name: str) -> Path:
+    """A curve of the experiment: the seeds' banded one above them, or (where it is missing, as in a
+    folder of seeds copied together by hand) the first seed's own."""
+    banded = experiment.folder.file(name)
+    return banded if banded.is_file() else experiment.runs[0].folder.file(name)
+
+
 def build(paths: list[Path], out: Path) -> tuple[Path, Path]:
     """Write the HTML report to `out` and its Markdown twin beside it; returns both paths.
 
@@ -342,32 +349,48 @@ def build(paths: list[Path], out: Path) -> tuple[Path, Path]:
         warnings.warn(problem, stacklevel=2)
     if not experiments and not swept:
         raise MnistlabError("no run could be read: nothing to report")
-    out = Path(out)
-    md = out.with_suffix(".md")
-    chart = out.with_name(out.stem + ".accuracy.png")
-    curves = [out.with_name(f"{out.stem}.sweep-{i}.png") for i in range(len(swept))]
-    for path in (out, md, chart, *curves):
-        if (path.exists() or path.is_symlink()) and not _is_ours(path):
+    _one_data_set(experiments, swept)
+    html, md = report_paths(Path(out))
+    chart = html.with_name(html.stem + ".accuracy.png")
+    curves = [html.with_name(f"{html.stem}.sweep-{i}.png") for i in range(len(swept))]
+    for path in (html, md, chart, *curves):
+        check_output(path, folder=False)
+        if (path.exists() or path.is_symlink()) and not is_ours(path):
             raise MnistlabError(f"{path}: exists and is not a report of mnistlab's; choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
     blocks = _experiment_blocks(experiments, chart) if experiments else [Heading(1, "mnistlab report")]
     for folder, curve in zip(swept, curves, strict=True):
         blocks += sweeps.section(folder, curve)
-    write_atomic(out, to_html(blocks))
+    write_atomic(html, to_html(blocks))
     write_atomic(md, to_markdown(blocks, md.parent))
     if problems:
-        raise MnistlabError(f"{len(problems)} folder(s) left out of {out}: see the warnings above")
-    return out, md
+        raise MnistlabError(f"{len(problems)} folder(s) left out of {html}: see the warnings above")
+    return html, md
 
 
-def _is_ours(path: Path) -> bool:
-    """Whether mnistlab wrote this report file: each kind carries its mark near its start."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except OSError:
-        return False
-    return MARK.encode() in head
+def _one_data_set(experiments: list[ExperimentRuns], swept: list[Path]) -> None:
+    """Refuse to set runs of different data sets side by side: their errors, bias and shared digits are
+    not comparable (test digit #5 of MNIST is no digit of Fashion-MNIST)."""
+    where: dict[str, list[str]] = {}
+    for e in experiments:
+        where.setdefault(e.runs[0].metrics.dataset, []).append(e.label)
+    for folder in swept:
+        for dataset in sweeps.datasets(folder):
+            where.setdefault(dataset, []).append(folder.name)
+    if len(where) > 1:
+        listed = "; ".join(
+            f"{name}: {', '.join(labels[:3])}{' ...' if len(labels) > 3 else ''}" for name, labels in where.items()
+        )
+        raise MnistlabError(f"these runs are of {len(where)} data sets ({listed}); report each data set apart")
+
+
+def report_paths(out: Path) -> tuple[Path, Path]:
+    """The HTML report and its Markdown twin for `--out`: a `.md` name is the Markdown, with the HTML
+    beside it; any other name is the HTML, with the Markdown beside it. Never one file for both."""
+    if out.suffix.lower() == ".md":
+        return out.with_suffix(".html"), out
+    return out, out.with_name(out.name + ".md") if out.suffix.lower() not in (".html", ".htm") else out.with_suffix(
+        ".md"
+    )
 
 
 def _experiment_blocks(experiments: list[ExperimentRuns], chart: Path) -> list:

@@ -6,6 +6,7 @@ The report is written once as a list of blocks; the two renderers keep the two f
 import base64
 import html
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,7 +118,11 @@ def _html(block) -> str:
         body = "".join("<tr>" + "".join(_html_cell(c) for c in row) + "</tr>" for row in block.rows)
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     if isinstance(block, Image):
-        return _img(block.path.read_bytes(), block.alt)
+        try:
+            return _img(block.path.read_bytes(), block.alt)
+        except OSError as exc:  # a figure removed from its run folder: the report goes on without it
+            warnings.warn(f"{block.path}: figure left out ({exc.strerror or exc})", stacklevel=2)
+            return f"<p><em>{html.escape(block.alt)}: the figure {html.escape(str(block.path))} is missing</em></p>"
     if isinstance(block, InlineImage):
         return _img(block.png, block.alt)
     if isinstance(block, Preformatted):

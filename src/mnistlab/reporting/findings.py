@@ -6,8 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mnistlab.evaluation.statistics import Difference, Summary, difference, holm, prediction_interval
-from mnistlab.train.fit import Epoch
-from mnistlab.train.protocol import Score
+from mnistlab.records import Epoch, Score
 
 SIGNIFICANCE = 0.05
 

@@ -11,6 +11,7 @@ best's interval.
 """
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,13 +56,20 @@ class Reading:
     high_variance: list[PointSummary]
 
 
-def summarise_points(folder: Path) -> tuple[dict, list[PointSummary]]:
-    """The sweep's record and a summary per point trained, in the record's order."""
+def datasets(folder: Path) -> set[str]:
+    """The data sets the sweep's finished runs trained on."""
+    return {row.dataset for row in read_rows(folder)[1]}
+
+
+def summarise_points(folder: Path) -> tuple[dict, list[PointSummary], list[str]]:
+    """The sweep's record, a summary per point trained, in the record's order, and the points that
+    have no finished run (not trained yet, or their folders gone)."""
     record, rows = read_rows(folder)
-    points = []
+    points, missing = [], []
     for entry in record["points"]:
         mine = [r for r in rows if r.point == entry["folder"]]
         if not mine:
+            missing.append(entry["folder"])
             continue
 
         def over_seeds(split: str, error: bool, mine=mine) -> Summary:
@@ -78,7 +86,7 @@ def summarise_points(folder: Path) -> tuple[dict, list[PointSummary]]:
                 over_seeds("validation", True),
             )
         )
-    return record, points
+    return record, points, missing
 
 
 def read_curve(points: list[PointSummary]) -> Reading:
@@ -156,11 +164,24 @@ def _show(value) -> str:
 
 def section(folder: Path, figure_path: Path) -> list:
     """The report's blocks for the sweep in `folder`; its figure is drawn to `figure_path`."""
-    record, points = summarise_points(folder)
+    record, points, missing = summarise_points(folder)
     title = f"Sweep: {record['name']}"
+    if missing:
+        warnings.warn(
+            f"{folder}: {len(missing)} of {len(record['points'])} points have no finished run ({_listed(missing)})",
+            stacklevel=3,
+        )
     if not points:
         return [Heading(2, title), Paragraph(f"{folder}: no point has finished yet.")]
     blocks = [Heading(2, title), Paragraph(record["description"])]
+    if missing:
+        blocks.append(
+            Paragraph(
+                f"{len(missing)} of the sweep's {len(record['points'])} points have no finished run in {folder} "
+                f"({_listed(missing)}): they are left out of the curve and the table below. Run the sweep again "
+                "to train them."
+            )
+        )
     if record["claim"]:
         blocks.append(Paragraph(f"The lab report: \u201c{record['claim']}\u201d"))
     keys = [key for axis in record["axes"] for key in axis]
@@ -184,6 +205,10 @@ def section(folder: Path, figure_path: Path) -> list:
         for p in points
     ]  # fmt: skip
     return [*blocks, Table(header, rows), Paragraph(f"Every run: {folder / 'sweep.csv'}.")]
+
+
+def _listed(names: list[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def _with_interval(summary: Summary) -> str:

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
 from mnistlab.errors import MnistlabError
+from mnistlab.files import regular_file
 
 MAX_PIXELS = 40_000_000  # a decompression-bomb guard: a photo of 40 megapixels still passes
+WORKING_SIDE = 1024  # pixels: larger pictures are scaled down first (a 20x20 digit needs no more)
 FRAME, BOX = 28, 20
 CENTRE = 14.0  # MNIST's mean centre of mass, row and column (measured: 13.99, 14.00)
 MIN_INK = 0.15  # ink must stand this far (of the full range) above the background, or there is no digit
@@ -28,27 +30,51 @@ class ImageError(MnistlabError):
     """A file or upload that is not an image mnistlab can read."""
 
 
-def read(source: Path | bytes, name: str | None = None) -> np.ndarray:
-    """An image file or its bytes (PNG, JPEG, BMP, GIF, WebP, ...) as greyscale float32 in [0, 1]."""
+def read(source: Path | bytes, name: str | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """An image file or its bytes (PNG, JPEG, BMP, GIF, WebP, ...) as greyscale float32 in [0, 1], upright
+    as its EXIF orientation says (a phone photo), and with a transparent background made paper: white
+    behind dark ink, black behind light ink. A picture over `max_pixels` is refused before it is
+    decoded; one wider or taller than WORKING_SIDE is scaled down to it: a digit needs no more."""
     name = name or str(source)
+    if not isinstance(source, bytes):
+        if not Path(source).exists():
+            raise ImageError(f"{name}: no such file")
+        if Path(source).is_dir():
+            raise ImageError(f"{name}: a folder, not an image")
+        if not regular_file(source):
+            raise ImageError(f"{name}: not a regular file (a pipe or a device?); give an image file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
             width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise ImageError(f"{name}: {width}x{height} pixels is over the limit of {MAX_PIXELS:,}")
+            if width * height > max_pixels:
+                raise ImageError(f"{name}: {width}x{height} pixels is over the limit of {max_pixels:,}")
             image.seek(0)  # the first frame of an animation
-            grey = image.convert("L")
+            image = ImageOps.exif_transpose(image)
+            image.thumbnail((WORKING_SIDE, WORKING_SIDE), Image.Resampling.BOX)
+            grey = _on_paper(image)
     except FileNotFoundError:
         raise ImageError(f"{name}: no such file") from None
-    except IsADirectoryError:
-        raise ImageError(f"{name}: a folder, not an image") from None
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"{name}: not an image that Pillow can read ({type(exc).__name__})") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageError(f"{name}: cannot read the image ({exc})") from None
-    return np.asarray(grey, dtype=np.float32) / 255.0
+    return grey
+
+
+def _on_paper(image: Image.Image) -> np.ndarray:
+    """Greyscale in [0, 1], a transparent background filled with the paper the ink stands out on: the
+    mean of the opaque pixels says whether the ink is dark or light. (Pillow's plain conversion drops
+    the alpha, so black ink on a transparent PNG, whose hidden colour is black, read as no digit.)"""
+    if "A" not in image.getbands() and "transparency" not in image.info:
+        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    grey, alpha = (np.asarray(band, dtype=np.float32) / 255.0 for band in image.convert("LA").split())
+    opaque = alpha > 0.5
+    if not opaque.any():
+        return np.zeros_like(grey)
+    paper = 1.0 if grey[opaque].mean() < 0.5 else 0.0
+    return grey * alpha + paper * (1 - alpha)
 
 
 @dataclass(frozen=True)

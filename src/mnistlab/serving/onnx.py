@@ -12,18 +12,27 @@ from pathlib import Path
 import numpy as np
 
 from mnistlab.errors import MnistlabError
-from mnistlab.files import atomic_path
+from mnistlab.files import MARK, OutputError, atomic_path, check_output, is_ours, regular_file
 from mnistlab.serving.prediction import Reader
 
 
-def export(run_folder: Path, out: Path) -> None:
-    """Write the run folder's model (every seed's, voting) as ONNX to `out`."""
+def export(run_folder: Path, out: Path, overwrite: bool = False) -> None:
+    """Write the run folder's model (every seed's, voting) as ONNX to `out`.
+
+    `out` must be a new path, or a file that mnistlab exported (it carries MARK), or any file with
+    `overwrite`; never a path inside the run folder, whose files are the run's own."""
     import onnx
     import torch
 
     from mnistlab.nn.mlp import logits
     from mnistlab.serving.predictor import Predictor
 
+    out, run_folder = Path(out), Path(run_folder)
+    if out.resolve().is_relative_to(run_folder.resolve()):
+        raise OutputError(f"{out}: inside the run folder {run_folder}, whose files are the run's; export elsewhere")
+    check_output(out, folder=False)
+    if (out.exists() or out.is_symlink()) and not overwrite and not is_ours(out):
+        raise OutputError(f"{out}: exists and is not an export of mnistlab's; --overwrite replaces it")
     predictor = Predictor(run_folder)
 
     class Graph(torch.nn.Module):
@@ -48,6 +57,7 @@ def export(run_folder: Path, out: Path) -> None:
             verbose=False,
         )
         model = program.model_proto
+        model.doc_string = f"{MARK}: the digit reader of {run_folder}"  # near the file's start (`is_ours`)
         for key, value in (("classes", json.dumps(predictor.classes)), ("threshold", repr(predictor.threshold))):
             model.metadata_props.add(key=key, value=value)
         onnx.save(model, tmp)
@@ -57,6 +67,8 @@ class OnnxPredictor(Reader):
     def __init__(self, path: Path):
         import onnxruntime
 
+        if not regular_file(path):
+            raise MnistlabError(f"{path}: {'no such file' if not Path(path).exists() else 'not a regular file'}")
         try:
             self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             metadata = self.session.get_modelmeta().custom_metadata_map

@@ -19,8 +19,12 @@ class Prediction:
     empty: bool
     image: list[list[float]] | None  # the 28x28 the model saw
 
-    def to_json(self) -> dict:
-        return asdict(self)
+    def to_json(self, with_image: bool = True) -> dict:
+        """As JSON: the 28x28 image the model saw only `with_image` (784 numbers per picture)."""
+        found = asdict(self)
+        if not with_image:
+            del found["image"]
+        return found
 
     def describe(self) -> str:
         if self.empty:

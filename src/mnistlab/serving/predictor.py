@@ -1,12 +1,12 @@
 """The PyTorch digit reader: the phase-2 model of a run folder, or the vote of every seed of a multi-seed
 folder (their probabilities averaged)."""
 
-import json
-
 import numpy as np
 import torch
 
 from mnistlab.errors import MnistlabError
+from mnistlab.files import parse_json, read_limited
+from mnistlab.nn import weights
 from mnistlab.nn.mlp import logits
 from mnistlab.serving.prediction import Reader
 from mnistlab.spec import Architecture
@@ -45,8 +45,8 @@ def _load(folder: RunFolder) -> tuple[torch.Tensor, Architecture, list[str], flo
     params, arch = folder.read_weights()
     described = folder.file(RunFolder.MODEL)
     try:
-        model = json.loads(described.read_text())
-        declared = Architecture(**{**model["architecture"], "hidden": tuple(model["architecture"]["hidden"])})
+        model = parse_json(read_limited(described, 1 << 20))
+        declared = weights.architecture(model["architecture"])
         classes = [str(c) for c in model["classes"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise MnistlabError(f"{described}: not a model description written by mnistlab ({exc!r})") from None

@@ -45,6 +45,7 @@ Each key's name is the name of the field it fills (of `Hyperparameters`, `EarlyS
 `Experiment`), and a key without a value takes that field's default.
 """
 
+import math
 import tomllib
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, fields
@@ -52,6 +53,7 @@ from importlib import resources
 from pathlib import Path
 
 from mnistlab.errors import ConfigError
+from mnistlab.files import MAX_DEPTH, depth, parse_toml, read_limited
 from mnistlab.spec.experiment import (
     ACTIVATIONS,
     MONITORS,
@@ -62,25 +64,32 @@ from mnistlab.spec.experiment import (
     Hyperparameters,
 )
 
+MAX_CONFIG_BYTES = 1 << 20  # a config or sweep file: a few kilobytes; anything larger is not one
+MAX_SEED = (1 << 32) - 1
+MAX_EPOCHS = 100_000
+MAX_LAYERS = 100
+
 
 def _integer(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _positive_int(value) -> bool:
-    return _integer(value) and value > 0
+def _int_in(low: int, high: int) -> Callable[[object], bool]:
+    return lambda value: _integer(value) and low <= value <= high
 
 
 def _number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A finite number: TOML also reads inf, nan and 1e400 (as inf), which no setting means."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _fraction(value) -> bool:
-    return _number(value) and 0 <= value < 1
+def _within(low: float, high: float, *, above_low: bool = False, below_high: bool = False):
+    def check(value) -> bool:
+        if not _number(value):
+            return False
+        return (value > low if above_low else value >= low) and (value < high if below_high else value <= high)
 
-
-def _non_negative(value) -> bool:
-    return _number(value) and value >= 0
+    return check
 
 
 @dataclass(frozen=True)
@@ -89,48 +98,53 @@ class Rule:
     wanted: str  # what the check wants, for the error message
 
 
-_RATE = Rule(_fraction, "a rate in [0, 1)")
-_PENALTY = Rule(_non_negative, "a non-negative number")
+_RATE = Rule(_within(0, 1, below_high=True), "a rate in [0, 1)")
+_PENALTY = Rule(_within(0, 100), "a number from 0 to 100")
+_PIXELS = Rule(_within(0, 100), "pixels from 0 to 100")
 
 # section ("" for the top level) -> key -> rule
 SCHEMA: dict[str, dict[str, Rule]] = {
     "": {
         "description": Rule(lambda v: isinstance(v, str), "a string"),
         "extends": Rule(lambda v: isinstance(v, str), "a preset name"),
-        "seed": Rule(lambda v: _integer(v) and v >= 0, "a non-negative integer"),
+        "seed": Rule(_int_in(0, MAX_SEED), f"an integer from 0 to {MAX_SEED}"),
         "dataset": Rule(lambda v: isinstance(v, str) and v != "", "a data set name"),
-        "validation_size": Rule(_positive_int, "a positive integer"),
+        "validation_size": Rule(_int_in(1, 10_000_000), "a positive integer"),
     },
     "model": {
-        "hidden": Rule(lambda v: isinstance(v, list) and v != [] and all(map(_positive_int, v)), "a list of widths"),
+        "hidden": Rule(
+            lambda v: isinstance(v, list) and 0 < len(v) <= MAX_LAYERS and all(_int_in(1, 1 << 40)(w) for w in v),
+            f"a list of 1 to {MAX_LAYERS} positive widths",
+        ),
         "activation": Rule(lambda v: v in ACTIVATIONS, " or ".join(ACTIVATIONS)),
         "input_dropout": _RATE,
         "dropout": _RATE,
         "l1": _PENALTY,
         "l2": _PENALTY,
-        "crop": Rule(lambda v: _integer(v) and v >= 0, "a non-negative integer"),
+        "crop": Rule(_int_in(0, 10_000), "a non-negative integer"),
     },
     "train": {
-        "epochs": Rule(_positive_int, "a positive integer"),
-        "batch_size": Rule(lambda v: _positive_int(v) or v == "full", 'a positive integer or "full"'),
-        "learning_rate": Rule(lambda v: _number(v) and v > 0, "a positive number"),
+        "epochs": Rule(_int_in(1, MAX_EPOCHS), f"an integer from 1 to {MAX_EPOCHS:,}"),
+        "batch_size": Rule(lambda v: _int_in(1, 10_000_000)(v) or v == "full", 'a positive integer or "full"'),
+        "learning_rate": Rule(_within(0, 10, above_low=True), "a number above 0, at most 10"),
         "schedule": Rule(lambda v: v in SCHEDULES, " or ".join(SCHEDULES)),
-        "warmup_epochs": Rule(lambda v: _integer(v) and v >= 0, "a non-negative integer"),
+        # A warm-up longer than the training is allowed: `run best --epochs 1` is a smoke run of `best`.
+        "warmup_epochs": Rule(_int_in(0, MAX_EPOCHS), f"an integer from 0 to {MAX_EPOCHS:,}"),
         "label_smoothing": _RATE,
         "ema": _RATE,
     },
     "early_stopping": {
-        "monitor": Rule(lambda v: v in MONITORS, " or ".join(MONITORS)),
-        "patience": Rule(lambda v: _integer(v) and v >= 0, "a non-negative integer"),
-        "min_delta": _PENALTY,
+        "monitor": Rule(lambda v: isinstance(v, str) and v in MONITORS, " or ".join(MONITORS)),
+        "patience": Rule(_int_in(0, MAX_EPOCHS), "a non-negative integer"),
+        "min_delta": Rule(_within(0, 1000), "a number from 0 to 1000"),
         "restore_best_weights": Rule(lambda v: isinstance(v, bool), "true or false"),
     },
     "augmentation": {
-        "rotation": Rule(lambda v: _number(v) and 0 <= v <= 180, "degrees from 0 to 180"),
+        "rotation": Rule(_within(0, 180), "degrees from 0 to 180"),
         "scale": _RATE,
-        "shear": _PENALTY,
-        "translation": _PENALTY,
-        "elastic": _PENALTY,
+        "shear": Rule(_within(0, 10), "a number from 0 to 10"),
+        "translation": _PIXELS,
+        "elastic": _PIXELS,
     },
 }
 REQUIRED = {"model": ("hidden",), "train": ("epochs", "batch_size", "learning_rate")}
@@ -186,35 +200,59 @@ def load(name_or_path: str, overrides: list[str] = ()) -> Experiment:
     return _build(name, table)
 
 
-def _read(name_or_path: str) -> tuple[dict, str, str]:
-    path = Path(name_or_path)
-    if path.suffix == ".toml" and path.is_file():
-        try:
-            text, name, origin = path.read_text(encoding="utf-8"), path.stem, str(path)
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    elif name_or_path in preset_names():
-        resource = resources.files("mnistlab.spec.presets") / f"{name_or_path}.toml"
-        text, name, origin = resource.read_text(), name_or_path, f"preset {name_or_path}"
-    else:
-        raise ConfigError(f"no preset or TOML file {name_or_path!r}; presets: {', '.join(preset_names())}")
+def read_toml_file(path: Path) -> dict:
+    """A TOML file's tables: a regular file of UTF-8 TOML, at most MAX_CONFIG_BYTES, nested at most
+    MAX_DEPTH deep; a one-line ConfigError otherwise."""
     try:
-        return tomllib.loads(text), name, origin
+        text = read_limited(path, MAX_CONFIG_BYTES).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return parse_config_text(text, str(path))
+
+
+def parse_config_text(text: str, origin: str) -> dict:
+    try:
+        return parse_toml(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{origin}: invalid TOML ({exc})") from None
+    except ValueError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
 
 
-def _resolve(name_or_path: str, seen: tuple[str, ...]) -> tuple[dict, str]:
+def is_file_name(name_or_path: str) -> bool:
+    """Whether a config is named by a file path rather than as a preset: its name ends in .toml."""
+    return Path(name_or_path).suffix == ".toml"
+
+
+def _read(name_or_path: str, folder: Path | None) -> tuple[dict, str, str, Path | None]:
+    """The tables of a preset or a TOML file, its name, where it came from, and the folder that a
+    relative `extends` in it starts from. A file named inside another file (`folder`) is found from that
+    file's folder, never from wherever mnistlab happens to run."""
+    path = Path(name_or_path)
+    if is_file_name(name_or_path) and folder is not None and not path.is_absolute():
+        path = folder / path
+    if is_file_name(name_or_path) and (path.exists() or name_or_path not in preset_names()):
+        if not path.exists():
+            raise ConfigError(f"no preset or TOML file {str(path)!r}; presets: {', '.join(preset_names())}")
+        return read_toml_file(path), path.stem, str(path), path.parent
+    if name_or_path in preset_names():
+        resource = resources.files("mnistlab.spec.presets") / f"{name_or_path}.toml"
+        origin = f"preset {name_or_path}"
+        return parse_config_text(resource.read_text(), origin), name_or_path, origin, None
+    raise ConfigError(f"no preset or TOML file {name_or_path!r}; presets: {', '.join(preset_names())}")
+
+
+def _resolve(name_or_path: str, seen: tuple[str, ...], folder: Path | None = None) -> tuple[dict, str]:
     if name_or_path in seen:
         raise ConfigError(f"presets extend each other in a loop: {' -> '.join((*seen, name_or_path))}")
-    table, name, origin = _read(name_or_path)
+    table, name, origin, here = _read(name_or_path, folder)
     _check_keys(table, origin)
     base_name = table.pop("extends", None)
     if base_name is None:
         return table, name
-    base, _ = _resolve(base_name, (*seen, name_or_path))
+    base, _ = _resolve(base_name, (*seen, name_or_path), here)
     return _merge(base, table), name
 
 
@@ -231,12 +269,14 @@ def _check_keys(table: dict, origin: str) -> None:
             if not isinstance(value, dict):
                 raise ConfigError(f"{origin}: [{key}] must be a table")
             for sub, sub_value in value.items():
-                _check_value(f"{key}.{sub}", sub_value, origin)
+                check_value(f"{key}.{sub}", sub_value, origin)
         else:
-            _check_value(key, value, origin)
+            check_value(key, value, origin)
 
 
-def _check_value(dotted: str, value, origin: str) -> None:
+def check_key(dotted: str, origin: str) -> Rule:
+    """The rule of a config key (`section.key`, or `key` at the top level); a ConfigError naming the
+    valid keys if there is no such key."""
     section, _, key = dotted.rpartition(".")
     rules = SCHEMA.get(section)
     if rules is None:
@@ -244,8 +284,20 @@ def _check_value(dotted: str, value, origin: str) -> None:
     if key not in rules:
         where = f"[{section}]" if section else "the top level"
         raise ConfigError(f"{origin}: unknown key {dotted!r}; {where} takes {', '.join(rules)}")
-    if not rules[key].check(value):
-        raise ConfigError(f"{origin}: {dotted} must be {rules[key].wanted}, got {value!r}")
+    return rules[key]
+
+
+def check_value(dotted: str, value, origin: str) -> None:
+    """A ConfigError naming the key unless `value` is one its rule takes."""
+    rule = check_key(dotted, origin)
+    if not rule.check(value):
+        raise ConfigError(f"{origin}: {dotted} must be {rule.wanted}, got {shown(value)}")
+
+
+def shown(value, limit: int = 60) -> str:
+    """A value as an error message quotes it: its repr, cut short (a value may be megabytes of list)."""
+    text = repr(value) if depth(value) <= MAX_DEPTH else f"a value nested more than {MAX_DEPTH} deep"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _apply_override(table: dict, override: str) -> None:
@@ -254,12 +306,14 @@ def _apply_override(table: dict, override: str) -> None:
     if not sep or not dotted:
         raise ConfigError(f"--set {override!r}: expected key=value, e.g. train.epochs=5")
     try:
-        value = tomllib.loads(f"value = {text.strip()}")["value"]
+        value = parse_toml(f"value = {text.strip()}")["value"]
     except tomllib.TOMLDecodeError:
         value = text.strip()  # a bare word such as full or relu
+    except ValueError as exc:
+        raise ConfigError(f"--set {dotted}: {exc}") from None
     if dotted == "extends":
         raise ConfigError("--set: extends is only for files; run the other preset instead")
-    _check_value(dotted, value, "--set")
+    check_value(dotted, value, "--set")
     section, _, key = dotted.rpartition(".")
     (table.setdefault(section, {}) if section else table)[key] = value
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass, replace
 from mnistlab.errors import ConfigError
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
-MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
+# What early stopping may monitor, by Keras' name -> the field of a run's per-epoch record that holds it
+# (`records.Epoch`): the clean validation numbers, or the running training ones.
+MONITORS = {"val_loss": "eval_loss", "val_accuracy": "eval_accuracy", "loss": "loss", "accuracy": "accuracy"}
 SCHEDULES = ("constant", "cosine")
 
 

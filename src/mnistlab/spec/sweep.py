@@ -26,21 +26,26 @@ in (penalties, dropout, learning rate, epochs) with keys that they cannot (width
 points then split into one stack per value of the latter, which is allowed and only costs speed.
 """
 
+import hashlib
 import math
-import tomllib
+import re
 from dataclasses import dataclass
 from importlib import resources
 from itertools import product
 from pathlib import Path
 
 from mnistlab.errors import ConfigError
-from mnistlab.spec.config import toml_value
+from mnistlab.spec import config
+from mnistlab.spec.config import MAX_SEED, shown, toml_value
 
 TOP_KEYS = ("description", "claim", "base", "set", "lab", "axis", "search")
 AXIS_KEYS = ("key", "keys", "values", "range", "log_range", "points", "uniform", "log_uniform")
 SEARCH_KEYS = ("method", "trials", "seed", "storage")
 METHODS = ("grid", "random", "optuna")
 NOT_SWEPT = ("seed", "extends", "description")  # seeds are --seeds; the others are not numbers of a run
+MAX_POINTS = 10_000  # of a grid, or trials of a search: a sweep is planned whole before it trains
+MAX_AXIS_POINTS = 1_000
+MAX_LABEL = 120  # characters of a point's folder name; a longer one is cut and given a digest
 
 
 @dataclass(frozen=True)
@@ -65,9 +70,22 @@ class Point:
     settings: tuple[tuple[str, object], ...]
 
     @property
+    def key(self) -> tuple:
+        """The point's identity: equal values (1e-5 and 0.00001, 1 and 1.0) are one point."""
+        return _frozen(self.settings)
+
+    @property
     def label(self) -> str:
-        """A folder name: `l2=1e-05`, `batch_size=32,epochs=5`."""
-        return ",".join(f"{key.rpartition('.')[2]}={_text(value)}" for key, value in self.settings)
+        """A folder name that identifies the point's values exactly: `l2=1e-05`, `batch_size=32,epochs=5`.
+
+        Numbers are written in full (Python's shortest exact form), so two values never share a folder.
+        A name that would be long, or hold characters a folder name should not, is cut and ends in a
+        digest of the whole."""
+        text = ",".join(f"{key.rpartition('.')[2]}={_text(value)}" for key, value in self.settings)
+        if len(text) <= MAX_LABEL and _SAFE.fullmatch(text):
+            return text
+        digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+        return f"{_UNSAFE.sub('_', text)[: MAX_LABEL - 13]}-{digest}"
 
     def overrides(self) -> list[str]:
         return [f"{key}={toml_value(value)}" for key, value in self.settings]
@@ -93,19 +111,42 @@ class Sweep:
     lab: dict  # config key -> the values the lab report used
 
     def points(self) -> list[Point]:
-        """The grid's points, or a random search's draws; an Optuna search asks for its own."""
+        """The grid's points, or a random search's draws; an Optuna search asks for its own. Points of
+        equal values (0.00001 and 1e-5 are one number) are one point: each trains once."""
         if self.search.method == "grid":
-            return [
+            combos = product(*(axis.values for axis in self.axes))
+            points = [
                 Point(tuple(pair for axis, values in zip(self.axes, combo, strict=True)
                             for pair in zip(axis.keys, values, strict=True)))
-                for combo in product(*(axis.values for axis in self.axes))
+                for combo in combos
             ]  # fmt: skip
-        if self.search.method == "random":
+        elif self.search.method == "random":
             import numpy as np  # a spec stays light: numpy only when drawing
 
             rng = np.random.default_rng(self.search.seed)
-            return [Point(tuple(draw(axis, rng.random()) for axis in self.axes)) for _ in range(self.search.trials)]
-        return []
+            points = [Point(tuple(draw(axis, rng.random()) for axis in self.axes)) for _ in range(self.search.trials)]
+        else:
+            points = []
+        return unique(points)
+
+    @property
+    def size(self) -> int:
+        """Points of the grid, or trials of a search."""
+        return self.search.trials if self.search.method != "grid" else math.prod(len(a.values) for a in self.axes)
+
+
+def unique(points: list[Point]) -> list[Point]:
+    """The points, each value once (the first of equal points is kept), in their order."""
+    found: dict[tuple, Point] = {}
+    for point in points:
+        found.setdefault(point.key, point)
+    return list(found.values())
+
+
+def _frozen(value):
+    if isinstance(value, list | tuple):
+        return tuple(_frozen(item) for item in value)
+    return value
 
 
 def draw(axis: Axis, u: float) -> tuple[str, object]:
@@ -128,21 +169,16 @@ def sweep_names() -> list[str]:
 def load(name_or_path: str) -> Sweep:
     """A shipped sweep by name, or a sweep TOML file, checked: one-line ConfigErrors name what is wrong."""
     path = Path(name_or_path)
-    if path.suffix == ".toml" and path.is_file():
-        origin, name = str(path), path.stem
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read ({exc})") from None
+    if config.is_file_name(name_or_path) and (path.exists() or name_or_path not in sweep_names()):
+        if not path.exists():
+            raise ConfigError(f"no sweep or TOML file {name_or_path!r}; sweeps: {', '.join(sweep_names())}")
+        origin, name, table = str(path), path.stem, config.read_toml_file(path)
     elif name_or_path in sweep_names():
         origin, name = f"sweep {name_or_path}", name_or_path
         text = (resources.files("mnistlab.spec.sweeps") / f"{name_or_path}.toml").read_text()
+        table = config.parse_config_text(text, origin)
     else:
         raise ConfigError(f"no sweep or TOML file {name_or_path!r}; sweeps: {', '.join(sweep_names())}")
-    try:
-        table = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{origin}: invalid TOML ({exc})") from None
     return _build(name, table, origin)
 
 
@@ -164,10 +200,7 @@ def _build(name: str, table: dict, origin: str) -> Sweep:
     keys = [key for axis in axes for key in axis.keys]
     if len(set(keys)) < len(keys):
         raise ConfigError(f"{origin}: a key is swept by two axes ({', '.join(keys)})")
-    lab = table.get("lab", {})
-    if not isinstance(lab, dict) or not all(isinstance(v, list) for v in lab.values()):
-        raise ConfigError(f"{origin}: lab must be a table of key = [values]")
-    return Sweep(
+    sweep = Sweep(
         name,
         table.get("description", ""),
         table.get("claim", ""),
@@ -175,23 +208,45 @@ def _build(name: str, table: dict, origin: str) -> Sweep:
         tuple(overrides),
         axes,
         search,
-        {key: tuple(values) for key, values in lab.items()},
+        _lab(table.get("lab", {}), origin),
     )
+    if sweep.size > MAX_POINTS:
+        what = "trials" if search.method != "grid" else "points (" + " x ".join(str(len(a.values)) for a in axes) + ")"
+        raise ConfigError(f"{origin}: {sweep.size:,} {what}, over the limit of {MAX_POINTS:,} in one sweep")
+    return sweep
+
+
+def _lab(table, origin: str) -> dict:
+    """The lab report's values of swept keys: config keys, each with a list of values its rule takes."""
+    if not isinstance(table, dict) or not all(isinstance(v, list) for v in table.values()):
+        raise ConfigError(f"{origin}: lab must be a table of key = [values]")
+    for key, values in table.items():
+        for value in values:
+            config.check_value(key, value, f"{origin}: lab")
+    return {key: tuple(values) for key, values in table.items()}
 
 
 def _search(table, origin: str) -> Search:
     if not isinstance(table, dict):
         raise ConfigError(f"{origin}: [search] must be a table")
     _known(table, SEARCH_KEYS, origin, "[search]")
-    search = Search(**table)
-    if search.method not in METHODS:
-        raise ConfigError(f"{origin}: search.method must be one of {', '.join(METHODS)}, got {search.method!r}")
-    drawn = search.method != "grid"
-    if drawn and not (isinstance(search.trials, int) and search.trials > 0):
-        raise ConfigError(f"{origin}: search.trials must be a positive integer, got {search.trials!r}")
-    if search.storage is not None and search.method != "optuna":
+    method = table.get("method", "grid")
+    if not isinstance(method, str) or method not in METHODS:
+        raise ConfigError(f"{origin}: search.method must be one of {', '.join(METHODS)}, got {shown(method)}")
+    trials, seed, storage = table.get("trials", 0), table.get("seed", 0), table.get("storage")
+    if method != "grid" and not _whole(trials, 1, MAX_POINTS):
+        raise ConfigError(f"{origin}: search.trials must be an integer from 1 to {MAX_POINTS:,}, got {shown(trials)}")
+    if not _whole(seed, 0, MAX_SEED):
+        raise ConfigError(f"{origin}: search.seed must be an integer from 0 to {MAX_SEED}, got {shown(seed)}")
+    if storage is not None and not isinstance(storage, str):
+        raise ConfigError(f"{origin}: search.storage must be a database URL (a string), got {shown(storage)}")
+    if storage is not None and method != "optuna":
         raise ConfigError(f'{origin}: search.storage is for method = "optuna" only')
-    return search
+    return Search(method, trials, seed, storage)
+
+
+def _whole(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def _axis(table, search: Search, where: str) -> Axis:
@@ -200,11 +255,15 @@ def _axis(table, search: Search, where: str) -> Axis:
     _known(table, AXIS_KEYS, where, "[[axis]]")
     if ("key" in table) == ("keys" in table):
         raise ConfigError(f'{where}: give key = "section.name", or keys = [...] for keys varied together')
+    if "keys" in table and not isinstance(table["keys"], list):
+        raise ConfigError(f'{where}: keys must be a list of config keys, such as ["train.batch_size", "train.epochs"]')
     keys = tuple(table["keys"]) if "keys" in table else (table["key"],)
     if not keys or not all(isinstance(k, str) and k for k in keys):
         raise ConfigError(f'{where}: keys must be config keys such as "model.l2"')
     if swept := [k for k in keys if k.rpartition(".")[2] in NOT_SWEPT]:
         raise ConfigError(f"{where}: {swept[0]} cannot be swept (seeds: --seeds)")
+    for key in keys:
+        config.check_key(key, where)
     forms = [f for f in ("values", "range", "log_range", "uniform", "log_uniform") if f in table]
     if len(forms) != 1:
         raise ConfigError(f"{where}: give one of values, range, log_range, uniform, log_uniform")
@@ -212,10 +271,15 @@ def _axis(table, search: Search, where: str) -> Axis:
     if form == "values":
         values = table["values"]
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"{where}: values is empty")
-        points = tuple(tuple(v) if len(keys) > 1 else (v,) for v in values)
-        if len(keys) > 1 and any(len(p) != len(keys) for p in points):
+            raise ConfigError(f"{where}: values must be a list of one or more values")
+        if len(values) > MAX_AXIS_POINTS:
+            raise ConfigError(f"{where}: {len(values):,} values, over the limit of {MAX_AXIS_POINTS:,} on one axis")
+        if len(keys) > 1 and not all(isinstance(v, list) and len(v) == len(keys) for v in values):
             raise ConfigError(f"{where}: each value must list one value per key ({len(keys)})")
+        points = tuple(tuple(v) if len(keys) > 1 else (v,) for v in values)
+        for point in points:
+            for key, value in zip(keys, point, strict=True):
+                config.check_value(key, value, where)
         return Axis(keys, points)
     if len(keys) > 1:
         raise ConfigError(f"{where}: keys varied together take values = [[...], ...]")
@@ -227,21 +291,25 @@ def _axis(table, search: Search, where: str) -> Axis:
     if search.method != "grid":
         raise ConfigError(f"{where}: a search draws from uniform or log_uniform = [lo, hi], not {form}")
     points = table.get("points")
-    if not (isinstance(points, int) and points >= 2):
-        raise ConfigError(f"{where}: {form} needs points = N, at least 2")
+    if not _whole(points, 2, MAX_AXIS_POINTS):
+        raise ConfigError(f"{where}: {form} needs points = N, from 2 to {MAX_AXIS_POINTS:,}, got {shown(points)}")
     if form == "log_range":
         step = (math.log10(high) - math.log10(low)) / (points - 1)
         values = [float(f"{10 ** (math.log10(low) + i * step):.3g}") for i in range(points)]
-    else:
-        values = [low + i * (high - low) / (points - 1) for i in range(points)]
+    else:  # 12 digits: 0.1 + 2 * 0.1 is the 0.3 that a person would write
+        values = [float(f"{low + i * (high - low) / (points - 1):.12g}") for i in range(points)]
     return Axis(keys, tuple((v,) for v in values))
 
 
 def _bounds(pair, form: str, where: str) -> tuple[float, float]:
-    numbers = isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, int | float) for v in pair)
+    numbers = (
+        isinstance(pair, list)
+        and len(pair) == 2
+        and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in pair)
+    )
     if not numbers or not pair[0] < pair[1] or (form.startswith("log") and pair[0] <= 0):
         rule = "0 < lo < hi" if form.startswith("log") else "lo < hi"
-        raise ConfigError(f"{where}: {form} must be [lo, hi] with {rule}, got {pair!r}")
+        raise ConfigError(f"{where}: {form} must be [lo, hi], finite, with {rule}, got {shown(pair)}")
     return float(pair[0]), float(pair[1])
 
 
@@ -251,9 +319,13 @@ def _known(table: dict, allowed: tuple[str, ...], origin: str, what: str) -> Non
             raise ConfigError(f"{origin}: unknown key {key!r}; {what} takes {', '.join(allowed)}")
 
 
+_SAFE = re.compile(r"[A-Za-z0-9_.,=+-]+")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.,=+-]")
+
+
 def _text(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
+    if isinstance(value, float):  # the shortest text that reads back as this very float; 2.0 as 2
+        return repr(value).removesuffix(".0")
     if isinstance(value, list):
-        return "-".join(map(str, value))
+        return "-".join(map(_text, value))
     return str(value)

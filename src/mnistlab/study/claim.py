@@ -13,7 +13,6 @@ process finds the lock held and says which process holds it.
 
 import contextlib
 import fcntl
-import json
 import os
 import shutil
 import sys
@@ -21,11 +20,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from mnistlab import __version__
 from mnistlab.errors import MnistlabError
-from mnistlab.files import write_atomic
+from mnistlab.files import json_text, parse_json, read_limited, write_atomic
+from mnistlab.version import __version__
 
 MARKER = "mnistlab.json"
+MARKER_BYTES = 1 << 20  # a marker holds a config: a few kilobytes
 KINDS = ("run", "seeds", "study", "sweep")
 
 
@@ -35,13 +35,13 @@ class FolderInUse(MnistlabError):
 
 def marker(kind: str, config: str | None = None) -> str:
     """The marker's content for a folder of this kind, made from this config (TOML text) if a run."""
-    return json.dumps({"made_by": "mnistlab", "version": __version__, "kind": kind, "config": config}, indent=2) + "\n"
+    return json_text({"made_by": "mnistlab", "version": __version__, "kind": kind, "config": config})
 
 
 def read_marker(folder: Path) -> dict | None:
     """The marker of a folder that mnistlab made, or None when there is none or it is not ours."""
     try:
-        found = json.loads((Path(folder) / MARKER).read_text())
+        found = parse_json(read_limited(Path(folder) / MARKER, MARKER_BYTES))
     except (OSError, ValueError):
         return None
     if not isinstance(found, dict) or found.get("made_by") != "mnistlab" or found.get("kind") not in KINDS:
@@ -96,8 +96,23 @@ def prepare(path: Path, kind: str, config: str | None = None, overwrite: bool = 
 def lock(path: Path) -> Iterator[None]:
     """Hold the lock of output folder `path` for the block; raises FolderInUse if another process holds it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     lock_file = path.parent / f".{path.name}.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = _acquire(path, lock_file)
+    except OSError as exc:
+        raise MnistlabError(f"{path}: cannot take its lock {lock_file.name} ({exc.strerror or exc})") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} ({' '.join(sys.argv[:3])}, since {time.strftime('%H:%M:%S')})".encode())
+        yield
+    finally:
+        lock_file.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _acquire(path: Path, lock_file: Path) -> int:
+    """The descriptor of `lock_file`, locked by this process; FolderInUse if another holds it."""
     while True:
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -113,12 +128,5 @@ def lock(path: Path) -> Iterator[None]:
         except FileNotFoundError:
             same = False
         if same:
-            break
-        os.close(fd)
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"process {os.getpid()} ({' '.join(sys.argv[:3])}, since {time.strftime('%H:%M:%S')})".encode())
-        yield
-    finally:
-        lock_file.unlink(missing_ok=True)
+            return fd
         os.close(fd)

@@ -11,13 +11,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnistlab import __version__, data
+from mnistlab import data
+from mnistlab.errors import MnistlabError
 from mnistlab.spec import leaders
 from mnistlab.study.executors import StackOutcome, StackTask, executor
 from mnistlab.study.folder import RunFolder
 from mnistlab.study.plan import PlannedRun, stacks, twins
 from mnistlab.study.write import write_aggregate, write_run
 from mnistlab.train.calibration import Calibration
+from mnistlab.version import __version__
 
 
 @dataclass(frozen=True)
@@ -77,11 +79,17 @@ def execute(
             if run.folder.is_seed_run:
                 unwritten.setdefault(RunFolder(run.folder.path.parent), set()).add(run.folder)
         started = time.time()
+        diverged = []
         for task, outcome in where.run(tasks, datasets):
             stack = stack_of[id(task)]
             dataset = datasets[task.source]
             size = len(_rows(stack))
             for trained, result in zip(stack, outcome.results, strict=True):
+                if result.diverged:
+                    names = _names(served[trained.experiment.training_key()])
+                    diverged.append(f"{names}: the loss stopped being a finite number at {result.diverged}")
+                    log(f"  {diverged[-1]}; not written")
+                    continue
                 for run in served[trained.experiment.training_key()]:
                     environment = _environment(outcome, run.experiment.seed, result.seconds, started, size)
                     metrics = write_run(run.folder, run.experiment, result, task.arch, dataset, environment, size)
@@ -91,6 +99,9 @@ def execute(
                         unwritten[parent].discard(run.folder)
                         if not unwritten[parent]:
                             write_aggregate(parent)
+    if diverged:
+        more = f" (and {len(diverged) - 1} more)" if len(diverged) > 1 else ""
+        raise MnistlabError(f"{diverged[0]}{more}; nothing was written for it: lower train.learning_rate")
 
 
 def _source(stack: list[PlannedRun]) -> tuple[str, int]:

@@ -27,11 +27,12 @@ import torch
 
 from mnistlab.data import Dataset, PackedDataset
 from mnistlab.errors import MnistlabError
+from mnistlab.records import RunResult
 from mnistlab.spec import Architecture, Hyperparameters
 from mnistlab.train import calibration
 from mnistlab.train.engine import Engine, flush_denormals
 from mnistlab.train.progress import ProgressBars
-from mnistlab.train.protocol import RunResult, train_protocol
+from mnistlab.train.protocol import train_protocol
 
 CLUSTER_ENV_VAR = "MNISTLAB_CLUSTER"
 CONNECT_SECONDS = 10

@@ -19,8 +19,7 @@ with a metrics.json is a finished run and an interrupted one leaves nothing behi
 needs none of what writing it does (figures, scikit-learn): a digit reader loads fast.
 """
 
-import json
-import tomllib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,10 +29,14 @@ from safetensors import SafetensorError, safe_open
 
 from mnistlab.errors import MnistlabError
 from mnistlab.evaluation.analysis import Analysis
+from mnistlab.files import parse_json, parse_toml, read_limited, regular_file
 from mnistlab.nn import weights
+from mnistlab.records import History, Metrics
 from mnistlab.spec import Architecture
 from mnistlab.study import claim
-from mnistlab.study.records import History, Metrics
+
+TEXT_BYTES = 64 << 20  # of any text file of a run folder: analysis.json of a poor model is about 1 MB
+_SEED_NAME = re.compile(r"seed-(0|[1-9][0-9]{0,9})")
 
 
 class RunFolder:
@@ -85,8 +88,13 @@ class RunFolder:
         return self.path.name.startswith(self.SEED_PREFIX)
 
     def seeds(self) -> list["RunFolder"]:
-        """The finished seed-K runs below a multi-seed folder, by seed."""
-        found = [RunFolder(p) for p in self.path.glob(f"{self.SEED_PREFIX}*") if RunFolder(p).is_finished]
+        """The finished seed-K runs below a multi-seed folder, by seed. Only `seed-` and a seed as mnistlab
+        writes it (`seed-7`, never `seed-07` or `seed-x`) name a seed's folder; other folders are not its."""
+        found = [
+            RunFolder(p)
+            for p in self.path.glob(f"{self.SEED_PREFIX}*")
+            if _SEED_NAME.fullmatch(p.name) and RunFolder(p).is_finished
+        ]
         return sorted(found, key=lambda f: int(f.path.name.removeprefix(self.SEED_PREFIX)))
 
     def read_metrics(self) -> Metrics:
@@ -108,6 +116,8 @@ class RunFolder:
         """Test index -> (rows, cols) uint8 image, for the images analysis.json names."""
         path = self.file(self.ERROR_IMAGES)
         try:
+            if not regular_file(path):
+                raise OSError("not a regular file")
             with safe_open(path, framework="numpy") as f:
                 indices, images = f.get_tensor("indices"), f.get_tensor("images")
         except (OSError, SafetensorError, KeyError, ValueError) as exc:
@@ -121,8 +131,8 @@ class RunFolder:
 
     def read_config(self) -> dict:
         try:
-            return tomllib.loads(self._read_text(self.CONFIG))
-        except tomllib.TOMLDecodeError as exc:
+            return parse_toml(self._read_text(self.CONFIG))
+        except ValueError as exc:
             raise MnistlabError(f"{self.file(self.CONFIG)}: invalid TOML ({exc})") from None
 
     def read_summary(self) -> str:
@@ -133,7 +143,7 @@ class RunFolder:
 
     def _read_text(self, name: str) -> str:
         try:
-            return self.file(name).read_text(encoding="utf-8")
+            return read_limited(self.file(name), TEXT_BYTES).decode("utf-8")
         except OSError as exc:
             raise MnistlabError(f"{self.file(name)}: cannot read ({exc.strerror or exc})") from None
         except UnicodeDecodeError:
@@ -141,7 +151,7 @@ class RunFolder:
 
     def _read_json(self, name: str) -> dict:
         try:
-            found = json.loads(self._read_text(name))
+            found = parse_json(self._read_text(name))
         except ValueError as exc:
             raise MnistlabError(f"{self.file(name)}: not valid JSON ({exc})") from None
         if not isinstance(found, dict):

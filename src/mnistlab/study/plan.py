@@ -11,7 +11,10 @@ from itertools import accumulate, pairwise
 
 from mnistlab.errors import ConfigError
 from mnistlab.spec import Experiment, Hyperparameters, leaders
+from mnistlab.spec.config import MAX_SEED
 from mnistlab.study.folder import RunFolder
+
+MAX_RUNS = 10_000  # in one plan: a plan is made whole, and its folders claimed, before anything trains
 
 
 @dataclass(frozen=True)
@@ -24,10 +27,22 @@ class PlannedRun:
         return f"{self.experiment.name} (seed {self.experiment.seed})"
 
 
+def check_size(runs: int, what: str) -> None:
+    """Refuse a plan of more than MAX_RUNS runs before any of it is made (a typo of --seeds would
+    otherwise fill the memory with plans before saying anything)."""
+    if runs > MAX_RUNS:
+        raise ConfigError(f"{what}: {runs:,} runs, over the limit of {MAX_RUNS:,} in one plan")
+
+
 def seed_runs(experiment: Experiment, folder: RunFolder, seeds: int = 1) -> list[PlannedRun]:
     """One run in `folder`, or `seeds` runs (the experiment's seed and the next ones) in its seed-K folders."""
-    if seeds < 1:
-        raise ConfigError(f"seeds must be at least 1, got {seeds}")
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise ConfigError(f"seeds must be a whole number, at least 1, got {seeds!r}")
+    check_size(seeds, f"{experiment.name}, {seeds:,} seeds")
+    if experiment.seed + seeds - 1 > MAX_SEED:
+        raise ConfigError(
+            f"{experiment.name}: seeds {experiment.seed} to {experiment.seed + seeds - 1} go past {MAX_SEED}"
+        )
     if seeds == 1:
         return [PlannedRun(experiment, folder)]
     first = experiment.seed

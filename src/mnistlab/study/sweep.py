@@ -15,12 +15,13 @@ from pathlib import Path
 
 from mnistlab.data import SPLITS
 from mnistlab.errors import MnistlabError
-from mnistlab.files import write_atomic
-from mnistlab.spec.sweep import Point, Sweep
+from mnistlab.files import json_text, parse_json, read_limited, write_atomic
+from mnistlab.spec.sweep import Point, Sweep, unique
 from mnistlab.study.folder import RunFolder
 from mnistlab.study.plan import PlannedRun
 
 RECORD, TABLE = "sweep.json", "sweep.csv"
+RECORD_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,10 @@ RunsOf = Callable[[Point, RunFolder], list[PlannedRun]]  # a point's runs in its
 
 
 def plan(points: list[Point], out: Path, runs_of: RunsOf) -> list[PointRuns]:
-    """Each point's runs, in a folder of `out` named after it."""
+    """Each point's runs, in a folder of `out` named after it (equal points are one)."""
     return [
-        PointRuns(point, RunFolder(out / point.label), runs_of(point, RunFolder(out / point.label))) for point in points
+        PointRuns(point, RunFolder(out / point.label), runs_of(point, RunFolder(out / point.label)))
+        for point in unique(points)
     ]
 
 
@@ -52,7 +54,7 @@ def write_record(sweep: Sweep, out: Path, points: list[PointRuns]) -> None:
         "lab": {key: list(values) for key, values in sweep.lab.items()},
         "points": [{"folder": p.folder.path.name, "settings": [list(s) for s in p.point.settings]} for p in points],
     }
-    write_atomic(out / RECORD, json.dumps(record, indent=2) + "\n")
+    write_atomic(out / RECORD, json_text(record))
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class SweepRow:
 
     point: str  # its folder
     settings: dict  # config key -> value
+    dataset: str
     seed: int
     scores: dict  # split -> (loss, accuracy)
     epochs: int  # of phase 1
@@ -70,8 +73,10 @@ class SweepRow:
 def read_rows(out: Path) -> tuple[dict, list[SweepRow]]:
     """The record of the sweep in `out` and a row per finished run (a point not yet trained has none)."""
     try:
-        record = json.loads((out / RECORD).read_text())
+        record = parse_json(read_limited(out / RECORD, RECORD_BYTES))
         points = [(p["folder"], {k: v for k, v in p["settings"]}) for p in record["points"]]
+        if not all(isinstance(name, str) and name == Path(name).name for name, _ in points):
+            raise ValueError("a point's folder is not a name")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise MnistlabError(f"{out / RECORD}: not a readable sweep record ({exc})") from None
     rows = []
@@ -80,7 +85,17 @@ def read_rows(out: Path) -> tuple[dict, list[SweepRow]]:
         for run in folder.seeds() or ([folder] if folder.is_finished else []):
             metrics = run.read_metrics()
             scores = {s: (metrics.scores[s].loss, metrics.scores[s].accuracy) for s in SPLITS}
-            rows.append(SweepRow(name, settings, metrics.seed, scores, metrics.epochs["phase1"], metrics.wall_seconds))
+            rows.append(
+                SweepRow(
+                    name,
+                    settings,
+                    metrics.dataset,
+                    metrics.seed,
+                    scores,
+                    metrics.epochs["phase1"],
+                    metrics.wall_seconds,
+                )
+            )
     return record, rows
 
 
@@ -122,13 +137,14 @@ def search(
     points = [_point(sweep, t.params) for t in done]
     while len(done) < sweep.search.trials:
         trials = [study.ask(_distributions(sweep)) for _ in range(min(per_round, sweep.search.trials - len(done)))]
-        asked = plan([_point(sweep, t.params) for t in trials], out, runs_of)
-        train([run for p in asked for run in p.runs])
-        for trial, point in zip(trials, asked, strict=True):
+        asked = {p.point.key: p for p in plan([_point(sweep, t.params) for t in trials], out, runs_of)}
+        train([run for p in asked.values() for run in p.runs])
+        for trial in trials:  # two trials that ask for one point (a categorical axis) share its runs
+            point = asked[_point(sweep, trial.params).key]
             losses = [RunFolder(r.folder.path).read_metrics().scores["validation"].loss for r in point.runs]
             study.tell(trial, sum(losses) / len(losses))
             done.append(trial)
-        points += [p.point for p in asked]
+        points += [p.point for p in asked.values()]
     return plan(points, out, runs_of)
 
 
@@ -146,9 +162,5 @@ def _distributions(sweep: Sweep) -> dict:
 
 
 def _point(sweep: Sweep, params: dict) -> Point:
-    """The point of a trial's parameters, rounded to 4 significant digits: the folder name says the value."""
-    settings = []
-    for axis in sweep.axes:
-        value = params[axis.keys[0]]
-        settings.append((axis.keys[0], float(f"{value:.4g}") if isinstance(value, float) else value))
-    return Point(tuple(settings))
+    """The point of a trial's parameters, exactly as Optuna drew them."""
+    return Point(tuple((axis.keys[0], params[axis.keys[0]]) for axis in sweep.axes))

@@ -1,7 +1,6 @@
 """Writing run folders: every file of a run, built beside its folder and renamed into place whole, and the
 aggregate of a multi-seed folder. `folder.RunFolder` names the files."""
 
-import json
 import os
 import shutil
 from dataclasses import asdict
@@ -14,16 +13,14 @@ from mnistlab.errors import MnistlabError
 from mnistlab.evaluation import figures
 from mnistlab.evaluation.analysis import Analysis, analyse, error_images, predict
 from mnistlab.evaluation.statistics import summarise
-from mnistlab.files import temporary_sibling, write_atomic
+from mnistlab.files import json_text, temporary_sibling, write_atomic
 from mnistlab.nn import weights
 from mnistlab.nn.summary import summary
+from mnistlab.records import Fit, History, Metrics, RunResult
 from mnistlab.spec import Architecture, Experiment
 from mnistlab.spec.config import to_toml
 from mnistlab.study import claim
 from mnistlab.study.folder import Run, RunFolder
-from mnistlab.study.records import History, Metrics
-from mnistlab.train.fit import Fit
-from mnistlab.train.protocol import RunResult
 
 
 def write_run(
@@ -41,6 +38,8 @@ def write_run(
         return _write_run(folder, experiment, result, arch, dataset, environment, stack_size)
     except OSError as exc:
         raise MnistlabError(f"{folder.path}: could not write the run ({exc.strerror or exc})") from None
+    except ValueError as exc:  # a number that is not finite: no file that cannot be read back
+        raise MnistlabError(f"{folder.path}: not written: {exc}") from None
 
 
 def _write_run(folder, experiment, result, arch, dataset, environment, stack_size) -> Metrics:
@@ -61,8 +60,8 @@ def _write_run(folder, experiment, result, arch, dataset, environment, stack_siz
         }
         weights.save(building.file(RunFolder.WEIGHTS), result.weights, arch, described)
         model = {"architecture": asdict(arch), **described}
-        building.file(RunFolder.MODEL).write_text(json.dumps(model, indent=2) + "\n")
-        building.file(RunFolder.ENVIRONMENT).write_text(json.dumps(environment, indent=2) + "\n")
+        building.file(RunFolder.MODEL).write_text(json_text(model))
+        building.file(RunFolder.ENVIRONMENT).write_text(json_text(environment))
         analysis = write_analysis(building, result, arch, dataset, f"{experiment.name} (seed {experiment.seed})")
         metrics = Metrics.of(
             result,
@@ -74,7 +73,7 @@ def _write_run(folder, experiment, result, arch, dataset, environment, stack_siz
             misclassified=len(analysis.misclassified),
             stack_size=stack_size,
         )
-        building.file(RunFolder.METRICS).write_text(json.dumps(metrics.to_json(), indent=2) + "\n")
+        building.file(RunFolder.METRICS).write_text(json_text(metrics.to_json()))
         _swap_into_place(building.path, folder.path)
     finally:
         shutil.rmtree(building.path, ignore_errors=True)
@@ -86,7 +85,7 @@ def write_analysis(folder: RunFolder, result: RunResult, arch: Architecture, dat
     test_x, test_y = dataset.split("test")
     sizes = dataset.split_sizes()
     analysis = analyse(predict(result.weights.cpu(), arch, test_x), test_y, list(dataset.classes))
-    folder.file(RunFolder.ANALYSIS).write_text(json.dumps(analysis.to_dict(), indent=1) + "\n")
+    folder.file(RunFolder.ANALYSIS).write_text(json_text(analysis.to_dict(), indent=1))
     errors = error_images(analysis, test_x, dataset.image_shape)
     save_file(errors, folder.file(RunFolder.ERROR_IMAGES))
     figures.validation_curves(
@@ -168,5 +167,5 @@ def write_aggregate(parent: RunFolder) -> dict:
         parent.file(RunFolder.RETRAINING_CURVE),
         f"{name}: retraining on {size_label(first.split_sizes['full'])}, mean and one standard deviation",
     )
-    write_atomic(parent.file(RunFolder.AGGREGATE), json.dumps(aggregate, indent=2) + "\n")
+    write_atomic(parent.file(RunFolder.AGGREGATE), json_text(aggregate))
     return aggregate

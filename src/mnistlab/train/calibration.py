@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 
 from mnistlab.errors import MnistlabError
-from mnistlab.files import write_atomic
+from mnistlab.files import check_output, json_text, parse_json, read_limited, write_atomic
 from mnistlab.spec import Architecture, Hyperparameters
 from mnistlab.train.engine import Engine, bf16_hardware, cpu_info, flush_denormals
 
@@ -161,10 +161,11 @@ def calibration(device: torch.device, redo: bool = False, log=print) -> Calibrat
     log(f"calibrating this machine once (cached in {path}; `mnistlab calibrate` shows it)")
     measured = measure(device)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps({"format": FORMAT, **asdict(measured)}, indent=2) + "\n")
-    except OSError as exc:
-        warnings.warn(f"{path}: could not cache the calibration ({exc.strerror or exc})", CalibrationWarning, 2)
+        check_output(path, folder=False)
+        write_atomic(path, json_text({"format": FORMAT, **asdict(measured)}))
+    except (OSError, MnistlabError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        warnings.warn(f"{path}: could not cache the calibration ({reason})", CalibrationWarning, 2)
     return measured
 
 
@@ -185,10 +186,10 @@ def cache_path(device: torch.device) -> Path:
 def read(path: Path, expected: dict) -> Calibration | None:
     """The calibration cached at `path` if it is a well-formed one of the `expected` machine, else None
     (with a warning, unless there is no file)."""
-    if not path.is_file():
+    if not path.exists():
         return None
     try:
-        stored = json.loads(path.read_text())
+        stored = parse_json(read_limited(path, 1 << 20))
         if (found_format := stored.pop("format")) != FORMAT:
             raise ValueError(f"format {found_format}, this mnistlab's is {FORMAT}")
         probes = tuple(Probe(**p) for p in stored.pop("probes"))

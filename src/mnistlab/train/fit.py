@@ -12,7 +12,6 @@ the device as tensors indexed by a per-epoch permutation: no DataLoader, and no 
 epoch unless a progress bar asks for live numbers.
 """
 
-import math
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -33,37 +32,17 @@ from mnistlab.nn.mlp import (
     mean_grads,
     penalty,
 )
-from mnistlab.spec import Architecture, EarlyStopping, Hyperparameters, leaders
+from mnistlab.records import EpochNumbers, Fit
+from mnistlab.spec import Architecture, Hyperparameters, leaders
 from mnistlab.train.augment import distort, strengths
 from mnistlab.train.engine import Engine, compile_step, flush_denormals
 from mnistlab.train.progress import ProgressBars
+from mnistlab.train.schedule import Schedule
+from mnistlab.train.tracker import Tracker
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPSILON = 1e-7  # Keras' default; PyTorch's is 1e-8
 FULL_BATCH_ROWS = 8192  # rows x members per chunk of a full batch: activations the allocator reuses
-
-
-@dataclass
-class Epoch:
-    epoch: int  # 1-based
-    loss: float  # running mean over the epoch's batches, dropout on: what Keras prints
-    accuracy: float
-    eval_loss: float  # clean: dropout off, penalty included
-    eval_accuracy: float
-    seconds: float
-
-
-@dataclass
-class Fit:
-    params: torch.Tensor  # (P,) the final weights: the best epoch's when early stopping restored them
-    history: list[Epoch]
-    best_epoch: int | None  # by the early-stopping monitor
-    stopped_early: bool
-    restored_best: bool = False  # params are the best epoch's, not the last one's
-
-    @property
-    def epochs(self) -> int:
-        return len(self.history)
 
 
 def seed_for(seed: int, stream: str) -> int:
@@ -88,15 +67,6 @@ class Totals(NamedTuple):
 
     loss_sum: torch.Tensor  # of each batch's mean loss times its rows
     correct: torch.Tensor
-
-
-class EpochNumbers(NamedTuple):
-    """Per member, an epoch's running training loss and accuracy, and its clean evaluation."""
-
-    loss: list[float]
-    accuracy: list[float]
-    eval_loss: list[float]
-    eval_accuracy: list[float]
 
 
 @dataclass
@@ -211,29 +181,6 @@ def apply_gradients(state: StackState, totals: Totals, nll, correct, grads, rows
     totals.correct.add_(correct)
 
 
-# Keras' names of what early stopping may monitor -> the `Epoch` field that holds it.
-EPOCH_FIELDS = {"loss": "loss", "accuracy": "accuracy", "val_loss": "eval_loss", "val_accuracy": "eval_accuracy"}
-
-
-class _Stopper:
-    """Early-stopping state of one member, with Keras' rules for improvement and patience."""
-
-    def __init__(self, rule: EarlyStopping):
-        self.rule = rule
-        self.sign = -1.0 if rule.monitor.endswith("accuracy") else 1.0  # we minimise sign * value
-        self.best = math.inf
-        self.best_epoch = None
-        self.wait = 0
-
-    def update(self, epoch: int, value: float) -> tuple[bool, bool]:
-        """(improved, stop) after `epoch` with the monitored `value`."""
-        if self.sign * value < self.best - self.rule.min_delta:
-            self.best, self.best_epoch, self.wait = self.sign * value, epoch, 0
-            return True, False
-        self.wait += 1
-        return False, self.wait >= self.rule.patience and epoch > 1
-
-
 def fit(
     arch: Architecture,
     members: list[Hyperparameters],
@@ -251,7 +198,7 @@ def fit(
     leader = leaders(members, streams)
     trained = sorted(set(leader))
     stack = _Lockstep(arch, [members[i] for i in trained], [streams[i] for i in trained], train, batch_size, engine)
-    tracker = _Tracker(members, [trained.index(i) for i in leader], stack.state.params)
+    tracker = Tracker(members, [trained.index(i) for i in leader], stack.state.params)
     steps = -(-len(train[1]) // stack.batch_size)
     for epoch in range(1, tracker.last_epoch + 1):
         start = time.perf_counter()
@@ -282,7 +229,7 @@ class _Lockstep:
         extras = _extras(members, streams, device)
         self.state = StackState.start(arch, params, keys, self.learning_rate.clone(), reg, **extras)
         self.shufflers = [torch.Generator().manual_seed(s.shuffle) for s in streams]
-        self.schedule = _Schedule(members, -(-len(self.y) // self.batch_size))
+        self.schedule = Schedule(members, -(-len(self.y) // self.batch_size))
         self.penalties = reg.penalties()
         fixed = {
             "arch": arch,
@@ -351,31 +298,6 @@ def _extras(members: list[Hyperparameters], streams: list[Streams], device) -> d
     return extra
 
 
-class _Schedule:
-    """Each member's learning rate at each step of its phase: a linear warm-up over `warmup_epochs`,
-    then constant or a cosine from the member's rate down to zero at its last step."""
-
-    def __init__(self, members: list[Hyperparameters], steps_per_epoch: int):
-        self.members, self.steps_per_epoch = members, steps_per_epoch
-        self.on = any(m.schedule != "constant" or m.warmup_epochs for m in members)
-        self.epoch = 0
-
-    def epoch_rates(self, base: torch.Tensor) -> torch.Tensor:
-        """(steps, M) the rates of the next epoch's steps, on base's device."""
-        steps = self.epoch * self.steps_per_epoch + np.arange(self.steps_per_epoch)
-        self.epoch += 1
-        factors = []
-        for member in self.members:
-            total = member.epochs * self.steps_per_epoch
-            warmup = member.warmup_epochs * self.steps_per_epoch
-            factor = np.minimum(1.0, (steps + 1) / warmup) if warmup else np.ones(len(steps))
-            if member.schedule == "cosine":
-                after = np.clip((steps - warmup) / max(1, total - warmup), 0, 1)
-                factor = factor * 0.5 * (1 + np.cos(np.pi * after))
-            factors.append(factor)
-        return base * torch.tensor(np.stack(factors, 1), dtype=torch.float32, device=base.device)
-
-
 def full_batch_chunk_rows(members: int) -> int:
     """At most this many rows per chunk of a full batch."""
     return max(256, FULL_BATCH_ROWS // members)
@@ -390,60 +312,3 @@ def _epoch_batches(shufflers: list[torch.Generator], size: int, batch_size: int,
     yield from batches
     if size % batch_size:
         yield order[full_steps * batch_size :].T
-
-
-class _Tracker:
-    """Per-member bookkeeping between epochs: histories, epoch budgets, early stopping, best weights.
-
-    Member i reads row `rows[i]` of the stack: its own, or the row of the member it is a prefix of. A row
-    is frozen once every member reading it is done, and a member keeps its weights as it ends."""
-
-    def __init__(self, members: list[Hyperparameters], rows: list[int], params: torch.Tensor):
-        self.members, self.rows = members, rows
-        self.stoppers = [_Stopper(m.early_stopping) if m.early_stopping else None for m in members]
-        self.restoring = [s is not None and s.rule.restore_best_weights for s in self.stoppers]
-        self.best_params = params[rows] if any(self.restoring) else None  # indexing by a list copies
-        self.final_params: list[torch.Tensor | None] = [None] * len(members)
-        self.histories: list[list[Epoch]] = [[] for _ in members]
-        self.stopped = [False] * len(members)
-        self.running = list(range(len(members)))
-        self.last_epoch = max(m.epochs for m in members)
-
-    @property
-    def running_rows(self) -> list[int]:
-        """The rows that running members read, each once."""
-        return sorted({self.rows[member] for member in self.running})
-
-    def end_epoch(self, epoch: int, numbers: EpochNumbers, seconds: float, params, active) -> None:
-        """Record the epoch for the running members; keep the weights of those that are done, and freeze
-        the rows that no running member reads."""
-        for member in list(self.running):
-            row = self.rows[member]
-            record = Epoch(epoch, *(column[row] for column in numbers), seconds)
-            self.histories[member].append(record)
-            done = epoch >= self.members[member].epochs
-            stopper = self.stoppers[member]
-            if stopper:
-                improved, stop = stopper.update(epoch, getattr(record, EPOCH_FIELDS[stopper.rule.monitor]))
-                if improved and self.restoring[member]:
-                    self.best_params[member] = params[row]
-                self.stopped[member] = stop and not done
-                done = done or stop
-            if done:
-                self.running.remove(member)
-                kept = self.best_params[member] if self.restoring[member] else params[row]
-                self.final_params[member] = kept.clone()
-        for row in set(self.rows) - set(self.running_rows):
-            active[row] = 0.0
-
-    def fits(self) -> list[Fit]:
-        return [
-            Fit(
-                params=self.final_params[member],
-                history=self.histories[member],
-                best_epoch=stopper and stopper.best_epoch,
-                stopped_early=self.stopped[member],
-                restored_best=self.restoring[member],
-            )
-            for member, stopper in enumerate(self.stoppers)
-        ]

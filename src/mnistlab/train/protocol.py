@@ -7,39 +7,17 @@ reports are clean evaluations, as Keras' `evaluate` gives them: dropout off, pen
 """
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 
 from mnistlab.data import SPLITS, Splits
 from mnistlab.nn.mlp import Regularization, eval_chunk_rows, evaluate
+from mnistlab.records import Fit, RunResult, Score
 from mnistlab.spec import Architecture, Hyperparameters
 from mnistlab.train.engine import Engine, check_memory
-from mnistlab.train.fit import Fit, Streams, fit, full_batch_chunk_rows, seed_for
+from mnistlab.train.fit import Streams, fit, full_batch_chunk_rows, seed_for
 from mnistlab.train.progress import ProgressBars
-
-
-@dataclass(frozen=True)
-class Score:
-    """A clean evaluation of one model on one split."""
-
-    loss: float
-    accuracy: float
-
-
-@dataclass
-class RunResult:
-    """One member's run of the protocol."""
-
-    phase1: Fit  # on the train split, evaluated on validation
-    phase2: Fit  # fresh, on the full training set, evaluated on test
-    scores: dict[str, Score]  # split -> clean score: train and validation after phase 1, full and test after 2
-    seconds: float  # wall time of the stack this member trained in
-
-    @property
-    def weights(self) -> torch.Tensor:
-        """(P,) the phase-2 model: the one a run folder keeps."""
-        return self.phase2.params
 
 
 def streams(member: Hyperparameters, phase: int) -> Streams:

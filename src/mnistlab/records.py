@@ -1,4 +1,6 @@
-"""What a run folder records, as typed values: its metrics (metrics.json) and its history (history.csv).
+"""What a run records, as typed values, and nothing that trains: per-epoch numbers, each phase's fit, the
+clean scores, and a run folder's metrics.json and history.csv. Reading a run folder or building a report
+needs only this module, never the training engine (it imports no torch).
 
 metrics.json is a stable contract for scripts: for each split, `loss` and `accuracy` (fractions); the
 epochs of each phase; `parameters`, `seed`, `wall_seconds`. `format` says which layout wrote it.
@@ -6,12 +8,83 @@ epochs of each phase; `parameters`, `seed`, `wall_seconds`. `format` says which 
 
 import csv
 import io
+import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
-from mnistlab.data import SPLITS
+from mnistlab.data.catalog import SPLITS
 from mnistlab.errors import MnistlabError
-from mnistlab.train.fit import Epoch
-from mnistlab.train.protocol import RunResult, Score
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class Epoch:
+    epoch: int  # 1-based
+    loss: float  # running mean over the epoch's batches, dropout on: what Keras prints
+    accuracy: float
+    eval_loss: float  # clean: dropout off, penalty included
+    eval_accuracy: float
+    seconds: float
+
+
+@dataclass
+class Fit:
+    params: "torch.Tensor"  # (P,) the final weights: the best epoch's when early stopping restored them
+    history: list[Epoch]
+    best_epoch: int | None  # by the early-stopping monitor
+    stopped_early: bool
+    restored_best: bool = False  # params are the best epoch's, not the last one's
+    diverged: bool = False  # its loss stopped being a finite number: it ended there, and means nothing
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history)
+
+
+class EpochNumbers(NamedTuple):
+    """Per member, an epoch's running training loss and accuracy, and its clean evaluation."""
+
+    loss: list[float]
+    accuracy: list[float]
+    eval_loss: list[float]
+    eval_accuracy: list[float]
+
+
+@dataclass(frozen=True)
+class Score:
+    """A clean evaluation of one model on one split."""
+
+    loss: float
+    accuracy: float
+
+
+@dataclass
+class RunResult:
+    """One member's run of the protocol."""
+
+    phase1: Fit  # on the train split, evaluated on validation
+    phase2: Fit  # fresh, on the full training set, evaluated on test
+    scores: dict[str, Score]  # split -> clean score: train and validation after phase 1, full and test after 2
+    seconds: float  # wall time of the stack this member trained in
+
+    @property
+    def weights(self) -> "torch.Tensor":
+        """(P,) the phase-2 model: the one a run folder keeps."""
+        return self.phase2.params
+
+    @property
+    def diverged(self) -> str | None:
+        """Where its loss stopped being a finite number ("epoch 3 of phase 1"), or None: a run that
+        diverged means nothing, and is not written."""
+        for number, phase in ((1, self.phase1), (2, self.phase2)):
+            if phase.diverged:
+                return f"epoch {phase.epochs} of phase {number}"
+        if not all(math.isfinite(s.loss) and math.isfinite(s.accuracy) for s in self.scores.values()):
+            return "its final evaluation"
+        return None
+
 
 FORMAT = 3  # of a run folder, written in metrics.json; 2 had no error images, 1 no split sizes
 
