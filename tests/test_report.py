@@ -19,7 +19,8 @@ from mnistlab.evaluation.analysis import ConfusedPair, Misclassified, analyse
 from mnistlab.evaluation.statistics import summarise
 from mnistlab.files import MARK
 from mnistlab.records import Epoch, Score
-from mnistlab.reporting import build, findings
+from mnistlab.reporting import findings, lab
+from mnistlab.reporting.experiments import REPORT_ORDER, discover
 from mnistlab.spec import config
 
 ARTIFACTS = Path(os.environ.get("MNISTLAB_ARTIFACTS", Path(__file__).resolve().parents[1] / "build" / "test-artifacts"))
@@ -106,13 +107,16 @@ def _history(val_loss, train_loss):
 
 def test_verdicts():
     steady = _history([0.5, 0.3, 0.2, 0.19], [0.6, 0.4, 0.3, 0.25])
-    biased = findings.verdict(Score(0.80, 0.95), Score(0.80, 0.95), steady, best_train_error=0.001)
+    biased = findings.verdict(Score(0.80, 0.95), Score(0.80, 0.95), steady, others_train_error=0.001)
     assert biased.startswith("High bias and low variance") and "no sign of overfitting in 4 epochs" in biased
     rising = _history([0.3, 0.1, 0.09, 0.12, 0.15], [0.5, 0.1, 0.05, 0.02, 0.01])
-    overfit = findings.verdict(Score(0.003, 0.999), Score(0.15, 0.975), rising, best_train_error=0.001)
+    overfit = findings.verdict(Score(0.003, 0.999), Score(0.15, 0.975), rising, others_train_error=0.001)
     assert overfit.startswith("Low bias and high variance")
     assert "50.0x training loss" in overfit
     assert "bottoms out at epoch 3 (0.0900) and ends at 0.1500 (+67%)" in overfit and "from about epoch 3" in overfit
+    alone = findings.verdict(Score(0.25, 0.9279), Score(0.3, 0.92), steady, others_train_error=None)
+    assert "training error 7.21%, with no other experiment here to judge its bias by" in alone
+    assert "bias" not in alone.split(":")[0] and "best" not in alone
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +139,8 @@ def test_report_tables_and_verdicts(study, capsys):
     assert "<h2>Bias and variance</h2>" in html and "## Bias and variance" in markdown
     assert "<h3>Where the report&#x27;s text contradicts its numbers</h3>" in html
     assert "### Where the report's text contradicts its numbers" in markdown
-    experiments = build.discover([study])
-    assert [e.name for e in experiments] == list(build.REPORT_ORDER) and experiments[0].seeds == 2
+    experiments = discover([study])
+    assert [e.name for e in experiments] == list(REPORT_ORDER) and experiments[0].seeds == 2
     # Per experiment: its curves, misclassified digits, per-class bars, confusion, top losses.
     for alt in ("validation curves", "retraining on 60k", "per-class precision", "normalised confusion", "top losses"):
         assert len(re.findall(rf'<img src="data:image/png;base64,[^"]+" alt="[^"]*{alt}', html)) == len(experiments)
@@ -149,7 +153,7 @@ def test_report_tables_and_verdicts(study, capsys):
     assert "2 seeds: too few for a prediction interval" in html
     assert "test digits are wrong in all 2 seeds (stable errors)" in html
     values = {(split, key): experiments[1].values(split, key) for split in SPLITS for key in ("accuracy", "loss")}
-    rows = findings.compare(values, build.load_reference()["powerful"])
+    rows = findings.compare(values, lab.load_reference()["powerful"])
     assert [(r.split, r.key) for r in rows][:2] == [("train", "accuracy"), ("train", "loss")]
     assert all(r.difference == pytest.approx(r.ours[0] - r.published) for r in rows)
     # Markdown links every figure by a relative path that exists.

@@ -24,6 +24,8 @@ from mnistlab.serving.images import FRAME, ImageError, naive, read, to_mnist
 from mnistlab.serving.photos import photo
 from mnistlab.serving.predictor import Predictor
 
+from .test_report import ARTIFACTS
+
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory, mnist_dir) -> Path:
@@ -538,3 +540,68 @@ def test_slow_and_vanishing_clients_neither_stall_the_server_nor_leave_traceback
     new = lines[before:]
     assert not any("Traceback" in line or "Exception in ASGI" in line for line in new), new
     assert any("took over 1 s" in line for line in new) and any("hung up" in line for line in new), new
+
+
+def test_the_api_docs_work_offline_and_try_it_out_reads_an_uploaded_digit(model, digits, tmp_path):
+    """/docs in headless Chromium with every request beyond the server refused: Swagger UI comes from the
+    installed package, and its "Try it out" sends a picture through the declared form field."""
+    from playwright.sync_api import sync_playwright
+
+    from .test_report import _chromium
+
+    chromium = _chromium()
+    x, y = digits
+    picture = tmp_path / "seven.png"
+    _page(x[0]).save(picture)
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mnistlab.cli", "serve", str(model), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    refused = []
+
+    def only_the_server(route):
+        if route.request.url.startswith(base):
+            route.continue_()
+        else:
+            refused.append(route.request.url)
+            route.abort()
+
+    try:
+        _wait_for_health(base, server)
+        flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking"]
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium, args=flags)
+            context = browser.new_context(offline=False)
+            context.route("**/*", only_the_server)
+            page = context.new_page()
+            page.goto(f"{base}/docs")
+            operation = page.locator("#operations-default-predict_api_predict_post")
+            operation.locator(".opblock-summary").click()
+            operation.get_by_role("button", name="Try it out").click()
+            operation.locator('input[type="file"]').set_input_files(str(picture))
+            operation.get_by_role("button", name="Execute").click()
+            answer = operation.locator(".live-responses-table .response-col_description pre").first
+            answer.wait_for(timeout=30_000)
+            body = json.loads(answer.text_content())
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "docs-try-it-out.png"), full_page=True)
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert refused == [] and body["label"] == str(y[0]) and not body["empty"]
+
+
+def _wait_for_health(base: str, server: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}/healthz", timeout=2)
+            return
+        except OSError:
+            assert time.monotonic() < deadline and server.poll() is None, server.stderr.read()
+            time.sleep(0.2)

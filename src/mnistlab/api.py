@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mnistlab.errors import ConfigError, MnistlabError
+from mnistlab.extras import require
 from mnistlab.files import check_output
-from mnistlab.reporting import build
+from mnistlab.reporting import build, experiments
 from mnistlab.spec import Experiment, config
 from mnistlab.spec import sweep as sweep_spec
 from mnistlab.study import claim
@@ -174,6 +175,8 @@ def sweep(name_or_file: str, *, out: Path | str | None = None, **options) -> lis
         spec_of_point = options.experiment(spec.base, first=list(spec.overrides), last=point.overrides())
         return _claim_runs(spec_of_point, folder, options.seeds, options.overwrite)
 
+    if spec.search.method == "optuna":
+        require("an Optuna search", "optuna")
     check_size(spec.size * options.seeds, f"sweep {spec.name}, {spec.size:,} points x {options.seeds:,} seeds")
     _check_points(spec, options)
     check_output(out, folder=True)
@@ -228,7 +231,7 @@ def load_run(folder: Path | str) -> Run:
 
 def load_runs(folder: Path | str) -> list[Run]:
     """Every finished run in a run folder, a multi-seed folder or a study folder."""
-    return [run for experiment in build.discover([Path(folder)]) for run in experiment.runs]
+    return [run for experiment in experiments.discover([Path(folder)]) for run in experiment.runs]
 
 
 def report(folders: list[Path | str], out: Path | str = "report.html") -> tuple[Path, Path]:

@@ -3,7 +3,8 @@ pasted with Pillow.
 
 Curves take one history (a list of `Epoch`) per seed: one seed draws a line, several draw their mean
 with a band of one standard deviation around it. Figures are built on `matplotlib.figure.Figure` rather than
-pyplot, so nothing global is touched and nothing needs closing.
+pyplot, and never choose a backend: nothing global is touched (a notebook's backend stays its own), and
+nothing needs closing.
 """
 
 import functools
@@ -11,22 +12,18 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib import font_manager
+from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter, FuncFormatter, MaxNLocator, NullLocator
+from PIL import Image as PILImage
+from PIL import ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
 
-matplotlib.use("Agg")  # headless: no display is needed, or wanted, anywhere mnistlab runs
-
-import numpy as np  # noqa: E402
-from matplotlib import font_manager  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FormatStrFormatter, FuncFormatter, MaxNLocator  # noqa: E402
-from PIL import Image as PILImage  # noqa: E402
-from PIL import ImageDraw, ImageFont  # noqa: E402
-from PIL.PngImagePlugin import PngInfo  # noqa: E402
-
-from mnistlab.evaluation.analysis import ClassScores, Misclassified  # noqa: E402
-from mnistlab.evaluation.statistics import Summary  # noqa: E402
-from mnistlab.files import MARK, write_atomic  # noqa: E402
-from mnistlab.records import Epoch  # noqa: E402
+from mnistlab.evaluation.analysis import ClassScores, Misclassified
+from mnistlab.evaluation.statistics import Summary
+from mnistlab.files import MARK, write_atomic
+from mnistlab.records import Epoch
 
 TRAIN_COLOUR, EVAL_COLOUR = "#1f77b4", "#d62728"
 METRICS = (("loss", "loss"), ("accuracy", "accuracy"))
@@ -69,13 +66,19 @@ def _seed_band(histories: list[list[Epoch]], key: str) -> tuple[np.ndarray, np.n
     return np.arange(1, longest + 1), mean, std
 
 
+MARKED_EPOCHS = 30  # curves of at most this many epochs show a marker at each: a lone point is no line
+
+
 def _curve(ax, histories: list[list[Epoch]], key: str, label: str, colour: str, style: str = "-") -> None:
     epochs, mean, std = _seed_band(histories, key)
-    ax.plot(
-        epochs, mean, style, color=colour, label=label if len(histories) == 1 else f"{label} (mean of {len(histories)})"
-    )
+    marker = "o" if len(epochs) <= MARKED_EPOCHS else None
+    label = label if len(histories) == 1 else f"{label} (mean of {len(histories)})"
+    ax.plot(epochs, mean, style, color=colour, label=label, marker=marker, markersize=4)
     if len(histories) > 1:
         ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
+    if len(epochs) < 5:  # whole epochs only, with room on either side of a run of one
+        ax.set_xlim(0.5, len(epochs) + 0.5)
+        ax.set_xticks(range(1, len(epochs) + 1))
 
 
 def validation_curves(
@@ -174,7 +177,8 @@ def accuracy_comparison(rows: list[AccuracyRow], path: Path, title: str) -> None
 
     Error on a log scale: 1.7% and 2.0% are far apart in what they mean, 47% is off the chart otherwise.
     """
-    fig = Figure(figsize=(11, 0.8 + 0.45 * len(rows)), layout="constrained")
+    # Room for the title, the axis label and the legend below it, whatever the number of rows.
+    fig = Figure(figsize=(11, 2.2 + 0.4 * len(rows)), layout="constrained")
     ax = fig.subplots()
     y = np.arange(len(rows))[::-1]
     errors = np.array([(1 - r.accuracy.mean) * 100 for r in rows])
@@ -209,11 +213,12 @@ def accuracy_comparison(rows: list[AccuracyRow], path: Path, title: str) -> None
         if shown.min() * 0.9 <= t <= shown.max() * 1.1
     ]
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.set_yticks(y, [r.name for r in rows])
+    ax.set_ylim(-0.7, len(rows) - 0.3)
     ax.set_xlabel("test error (%, log scale): lower is better")
     ax.grid(axis="x", which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncols=2)
+    fig.legend(fontsize=8, loc="outside lower center", ncols=2)
     ax.set_title(title)
     _save(fig, path)
 

@@ -5,20 +5,16 @@ The section appears when a report holds runs of both presets: their test errors 
 over seeds, and the test digits each gets wrong in every seed, both, or only one of them.
 """
 
-from typing import TYPE_CHECKING
-
 from mnistlab.evaluation.statistics import Summary, summarise
 from mnistlab.reporting.document import Heading, Paragraph, Table
 from mnistlab.reporting.errors import SeedErrors
+from mnistlab.reporting.experiments import ExperimentRuns
 from mnistlab.reporting.findings import cell
-
-if TYPE_CHECKING:  # build imports this module
-    from mnistlab.reporting.build import ExperimentRuns
 
 LAB, BEST = "final", "best"
 
 
-def section(pairs: list[tuple["ExperimentRuns", SeedErrors]]) -> list:
+def section(pairs: list[tuple[ExperimentRuns, SeedErrors]]) -> list:
     """The section, from each experiment of the report with its errors; nothing unless both presets ran."""
     found = {experiment.name: (experiment, errors) for experiment, errors in pairs}
     if LAB not in found or BEST not in found:
@@ -66,15 +62,15 @@ def _ever_wrong(errors: SeedErrors) -> set[int]:
     return errors.stable | errors.noisy
 
 
-def _parameters(experiment: "ExperimentRuns") -> int:
+def _parameters(experiment: ExperimentRuns) -> int:
     return experiment.runs[0].metrics.parameters
 
 
-def _error(experiment: "ExperimentRuns", split: str) -> Summary:
+def _error(experiment: ExperimentRuns, split: str) -> Summary:
     return summarise([1 - accuracy for accuracy in experiment.values(split, "accuracy")])
 
 
-def _row(experiment: "ExperimentRuns") -> list[str]:
+def _row(experiment: ExperimentRuns) -> list[str]:
     test = _error(experiment, "test")
     count = test.mean * experiment.split_sizes["test"]
     return [
@@ -87,7 +83,7 @@ def _row(experiment: "ExperimentRuns") -> list[str]:
     ]
 
 
-def _recipe(experiment: "ExperimentRuns") -> str:
+def _recipe(experiment: ExperimentRuns) -> str:
     """The config's recipe in words, from the run folder's resolved config."""
     folder = experiment.runs[0].folder
     config, (_, arch) = folder.read_config(), folder.read_weights()

@@ -9,19 +9,15 @@ single-seed and multi-seed runs, without training anything.
 """
 
 import time
-import tomllib
 import warnings
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from mnistlab.data import SPLITS, size_label
 from mnistlab.errors import MnistlabError
 from mnistlab.evaluation import figures
-from mnistlab.evaluation.statistics import PAIRED, Summary, summarise
+from mnistlab.evaluation.statistics import PAIRED, summarise
 from mnistlab.files import check_output, is_ours, write_atomic
-from mnistlab.records import Score
-from mnistlab.reporting import beyond, errors, sweeps
+from mnistlab.reporting import beyond, errors, lab, sweeps
 from mnistlab.reporting.document import (
     Bullets,
     Flagged,
@@ -33,111 +29,10 @@ from mnistlab.reporting.document import (
     to_html,
     to_markdown,
 )
-from mnistlab.reporting.findings import MIN_SEEDS, SIGNIFICANCE, cell, compare, pairs, percent, verdict
-from mnistlab.study.folder import Run, RunFolder
+from mnistlab.reporting.experiments import ExperimentRuns, discover, split_labels
+from mnistlab.reporting.findings import MIN_SEEDS, SIGNIFICANCE, cell, pairs, verdict
+from mnistlab.study.folder import RunFolder
 from mnistlab.version import __version__
-
-# The lab report's order of sections, for the order of runs in ours.
-REPORT_ORDER = (
-    "provided",
-    "powerful",
-    "l2",
-    "l2-strong",
-    "l1",
-    "dropout",
-    "early-stopping",
-    "final",
-    "final-as-written",
-)
-
-
-@dataclass
-class ExperimentRuns:
-    """The runs of one experiment: one folder, or the seed-K folders below a common one."""
-
-    folder: RunFolder
-    runs: list[Run]
-    label: str = field(default="")  # the preset, and the folder where two experiments share a name
-
-    @property
-    def name(self) -> str:
-        return self.runs[0].name
-
-    @property
-    def seeds(self) -> int:
-        return len(self.runs)
-
-    @property
-    def split_sizes(self) -> dict[str, int]:
-        return self.runs[0].metrics.split_sizes
-
-    def values(self, split: str, key: str) -> list[float]:
-        return [getattr(r.metrics.scores[split], key) for r in self.runs]
-
-    def by_seed(self, split: str, key: str) -> dict[int, float]:
-        return {r.seed: getattr(r.metrics.scores[split], key) for r in self.runs}
-
-    def stat(self, split: str, key: str) -> Summary:
-        return summarise(self.values(split, key))
-
-    def mean_score(self, split: str) -> Score:
-        return Score(loss=self.stat(split, "loss").mean, accuracy=self.stat(split, "accuracy").mean)
-
-
-def discover(paths: list[Path], problems: list[str] | None = None) -> list[ExperimentRuns]:
-    """Experiments in run folders, multi-seed folders, or folders of those (a study), in the report's order.
-
-    With `problems`, a folder that cannot be read is left out and its error appended there; without, the
-    first such error is raised.
-    """
-    found: list[ExperimentRuns] = []
-    for folder in map(RunFolder, paths):
-        try:
-            found += _experiments_in(folder, problems)
-        except MnistlabError as exc:
-            if problems is None:
-                raise
-            problems.append(str(exc))
-    order = {name: i for i, name in enumerate(REPORT_ORDER)}
-    found.sort(key=lambda e: (order.get(e.name, len(order)), e.name, str(e.folder.path)))
-    names = [e.name for e in found]
-    for e in found:
-        where = e.folder.path.name if e.folder.path.name != e.name else e.folder.path.parent.name
-        e.label = e.name if names.count(e.name) == 1 else f"{e.name} ({where})"
-    return found
-
-
-def _experiments_in(folder: RunFolder, problems: list[str] | None) -> list[ExperimentRuns]:
-    if seeds := folder.seeds():  # a multi-seed run, even over an older single run's files
-        return [ExperimentRuns(folder, [Run.load(f) for f in seeds])]
-    if folder.is_finished:
-        return [ExperimentRuns(folder, [Run.load(folder)])]
-    if folder.path.is_dir():
-        children = [RunFolder(c) for c in sorted(folder.path.iterdir()) if c.is_dir() and not c.name.startswith(".")]
-        if any(c.is_finished or c.seeds() for c in children):
-            runs = discover([c.path for c in children], problems)
-            if runs:
-                return runs
-        raise MnistlabError(f"{folder.path}: no finished runs in it")
-    raise MnistlabError(f"{folder.path}: not a run folder (no {RunFolder.METRICS}), nor a folder of runs")
-
-
-def load_reference() -> dict:
-    return tomllib.loads((resources.files("mnistlab.reporting") / "reference.toml").read_text())
-
-
-def split_labels(experiments: list[ExperimentRuns]) -> dict[str, str]:
-    """Column names of the splits, with their sizes where every experiment shares them."""
-    sizes = {tuple(sorted(e.split_sizes.items())) for e in experiments}
-    if len(sizes) > 1:
-        return {split: split for split in SPLITS}
-    s = {split: size_label(n) for split, n in experiments[0].split_sizes.items()}
-    return {
-        "train": f"train ({s['train']})",
-        "validation": f"validation ({s['validation']})",
-        "full": s["full"],
-        "test": f"test ({s['test']})",
-    }
 
 
 def _splits_sentence(experiments: list[ExperimentRuns]) -> str:
@@ -183,69 +78,9 @@ def _results(experiments: list[ExperimentRuns]) -> list:
     ]
 
 
-def _beside_the_report(experiments: list[ExperimentRuns], reference: dict, chart: Path) -> list:
-    blocks = [
-        Heading(2, "Beside the lab report"),
-        Paragraph(
-            "The lab report prints accuracies in whole percent and losses to four decimals. A difference is "
-            "'within rounding' when our number, printed the same way, reads as the published one. The lab's "
-            f"numbers are single runs, with seed noise of their own: with {MIN_SEEDS} seeds or more we say whether "
-            "the published value lies inside the 95% prediction interval of one run of ours (mean ± "
-            "t·s·√(1 + 1/n)), where one more run of ours would land 95 times in 100. Outside it, seed noise alone "
-            "does not explain the gap. (The interval of our mean would be the wrong yardstick: it shrinks as seeds "
-            "are added, until any single run falls outside it.)"
-        ),
-        Image(chart, "test error per experiment beside the lab report"),
-    ]
-    for e in experiments:
-        entry = reference.get(e.name)
-        if entry is None or "train" not in entry:
-            continue
-        labels = split_labels([e])
-        figures_text = (
-            f", figure{'s' if len(entry['figures']) > 1 else ''} {', '.join(map(str, entry['figures']))}"
-            if entry["figures"]
-            else ""
-        )
-        blocks.append(Heading(3, f"{e.label}: section {entry['section']}{figures_text}"))
-        rows = []
-        values = {(split, key): e.values(split, key) for split in SPLITS for key in ("accuracy", "loss")}
-        for row in compare(values, entry):
-            show = percent if row.key == "accuracy" else (lambda v: f"{v:.4f}")
-            if row.key == "accuracy":
-                diff = f"{row.difference * 100:+.2f} pts"
-            else:
-                diff = f"{row.difference:+.4f} ({row.difference / row.published:+.0%})"
-            note = "within rounding" if row.within_rounding else "beyond rounding"
-            if row.inside_interval is not None:
-                low, high = row.prediction_interval
-                where = "inside" if row.inside_interval else "outside"
-                note += f"; {where} the prediction interval of one run ({show(low)}-{show(high)})"
-            elif e.seeds > 1:
-                note += f"; {e.seeds} seeds: too few for a prediction interval"
-            verdict_cell = note if row.within_rounding else Flagged(note)
-            rows.append([labels[row.split], row.key, show(row.published), show(row.mean), diff, verdict_cell])
-        ours_epochs = e.runs[0].metrics.epochs["phase1"]
-        rows.append(["", "epochs", str(entry["epochs"]), f"{ours_epochs}", f"{ours_epochs - entry['epochs']:+d}", ""])
-        blocks.append(Table(["split", "metric", "lab report", "mnistlab", "difference", "verdict"], rows))
-    blocks.append(Heading(3, "Where the report's text contradicts its numbers"))
-    by_name = {e.name: e for e in experiments}
-    items = []
-    for item in reference.get("contradiction", []):
-        measured = [
-            f"{n} {percent(by_name[n].stat('test', 'accuracy').mean)} test accuracy, train loss "
-            f"{by_name[n].stat('train', 'loss').mean:.4f}"
-            for n in item["presets"]
-            if n in by_name
-        ]
-        items.append(
-            f"{item['claim']} {item['finding']}" + (f" Measured here: {'; '.join(measured)}." if measured else "")
-        )
-    blocks.append(Bullets(items))
-    return blocks
-
-
 def _significance_blocks(experiments: list[ExperimentRuns]) -> list:
+    if len(experiments) < 2:
+        return []  # one experiment: no difference to test
     blocks = [Heading(2, "Which differences are real")]
     multi = [e for e in experiments if e.seeds >= 2]
     if len(multi) < 2:
@@ -395,11 +230,14 @@ def report_paths(out: Path) -> tuple[Path, Path]:
 
 def _experiment_blocks(experiments: list[ExperimentRuns], chart: Path) -> list:
     on_mnist = all(e.runs[0].metrics.dataset == "mnist" for e in experiments)
-    reference = load_reference() if on_mnist else {}
+    reference = lab.load_reference() if on_mnist else {}
+    comparable = {e.label: reference.get(e.name) and lab.protocol_difference(e) is None for e in experiments}
     figures.accuracy_comparison(
         [
             figures.AccuracyRow(
-                e.label, e.stat("test", "accuracy"), reference.get(e.name, {}).get("test", {}).get("accuracy")
+                e.label,
+                e.stat("test", "accuracy"),
+                reference[e.name].get("test", {}).get("accuracy") if comparable[e.label] else None,
             )
             for e in experiments
         ],
@@ -408,7 +246,6 @@ def _experiment_blocks(experiments: list[ExperimentRuns], chart: Path) -> list:
     )
     environment = experiments[0].runs[0].folder.read_environment()
     datasets = sorted({e.runs[0].metrics.dataset for e in experiments})
-    best_train_error = min(1 - e.stat("train", "accuracy").mean for e in experiments)
     blocks = [
         Heading(1, "mnistlab report"),
         Paragraph(
@@ -419,21 +256,21 @@ def _experiment_blocks(experiments: list[ExperimentRuns], chart: Path) -> list:
         ),
         *_results(experiments),
     ]
-    if reference:
-        blocks += _beside_the_report(experiments, reference, chart)
+    if any(reference.get(e.name, {}).get("train") for e in experiments):
+        blocks += lab.section(experiments, reference, chart)
     else:
         blocks += [
             Heading(2, "Test error per experiment"),
             Image(chart, "test accuracy per experiment"),
             Paragraph("The lab report's numbers are for MNIST; these runs are on another data set."),
         ]
-    readings = [
-        f"{e.label}: "
-        + verdict(
-            e.mean_score("train"), e.mean_score("validation"), [r.history.phase1 for r in e.runs], best_train_error
-        )
-        for e in experiments
-    ]
+    train_errors = {e.label: 1 - e.stat("train", "accuracy").mean for e in experiments}
+    readings = []
+    for e in experiments:
+        others = [error for label, error in train_errors.items() if label != e.label]
+        phase1 = [r.history.phase1 for r in e.runs]
+        reading = verdict(e.mean_score("train"), e.mean_score("validation"), phase1, min(others, default=None))
+        readings.append(f"{e.label}: {reading}")
     blocks += [Heading(2, "Bias and variance"), Bullets(readings)]
     blocks += _significance_blocks(experiments)
     seed_errors = [errors.SeedErrors(e.label, e.runs) for e in experiments]

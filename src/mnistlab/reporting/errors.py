@@ -72,8 +72,9 @@ class SeedErrors:
 
 
 def across_seeds(experiments: list[SeedErrors], accuracies: dict[str, float]) -> list:
-    """The report's section on which errors are stable, which are noise, and which are shared."""
-    blocks = [Heading(2, "Which digits are wrong, and how surely")]
+    """The report's section on which errors are stable, which are noise, and which are shared; nothing
+    when the report has neither several seeds nor several experiments to say it of."""
+    blocks = []
     multi = [e for e in experiments if len(e.runs) > 1]
     if multi:
         blocks.append(
@@ -110,7 +111,7 @@ def across_seeds(experiments: list[SeedErrors], accuracies: dict[str, float]) ->
             blocks.append(
                 sound[0].grid(common, f"stable errors of every experiment (readings: {sound[0].label}'s seeds)")
             )
-    return blocks
+    return [Heading(2, "Which digits are wrong, and how surely"), *blocks] if blocks else []
 
 
 def _shared(experiments: list[SeedErrors]) -> list:

@@ -100,19 +100,32 @@ def overfitting(histories: list[list[Epoch]]) -> str:
     )
 
 
-def verdict(train: Score, validation: Score, phase1: list[list[Epoch]], best_train_error: float) -> str:
+def verdict(train: Score, validation: Score, phase1: list[list[Epoch]], others_train_error: float | None) -> str:
     """Bias and variance in a sentence, from clean train and validation scores (means over seeds), the
-    phase-1 histories (one per seed) and the lowest training error among the runs compared."""
+    phase-1 histories (one per seed) and the lowest training error among the other experiments of the
+    report (None when there are none). Bias is relative: what another model here fits better. A run
+    alone is never set beside itself: its training error is given, with no bias verdict."""
     train_error = 1 - train.accuracy
-    excess = (train_error - best_train_error) * 100
-    bias = "high bias" if excess >= 1 else "some bias" if excess >= 0.3 else "low bias"
     gap = (train.accuracy - validation.accuracy) * 100
     variance = "high variance" if gap >= 1.5 else "moderate variance" if gap >= 0.5 else "low variance"
-    return (
-        f"{bias.capitalize()} and {variance}: training error {train_error:.2%} against the best run's "
-        f"{best_train_error:.2%}; validation error {gap:+.2f} points from training error, validation loss "
+    numbers = (
+        f"validation error {gap:+.2f} points from training error, validation loss "
         f"{validation.loss / train.loss:.1f}x training loss ({validation.loss:.4f} vs {train.loss:.4f}). "
-        + overfitting(phase1)
+    )
+    if others_train_error is None:
+        return (
+            f"{variance.capitalize()}: training error {train_error:.2%}, with no other experiment here to judge its "
+            f"bias by; {numbers}" + overfitting(phase1)
+        )
+    excess = (train_error - others_train_error) * 100
+    bias = "high bias" if excess >= 1 else "some bias" if excess >= 0.3 else "low bias"
+    against = (
+        f"below every other experiment's (the best of them {others_train_error:.2%})"
+        if excess < 0
+        else f"against the best other experiment's {others_train_error:.2%}"
+    )
+    return f"{bias.capitalize()} and {variance}: training error {train_error:.2%} {against}; {numbers}" + overfitting(
+        phase1
     )
 
 

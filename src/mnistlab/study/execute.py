@@ -3,6 +3,7 @@ worker processes or a Dask cluster), write every run folder as its stack comes b
 seeds of multi-seed folders."""
 
 import platform
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from mnistlab.spec import leaders
 from mnistlab.study.executors import StackOutcome, StackTask, executor
 from mnistlab.study.folder import RunFolder
 from mnistlab.study.plan import PlannedRun, stacks, twins
+from mnistlab.study.progress import PlanProgress
 from mnistlab.study.write import write_aggregate, write_run
 from mnistlab.train.calibration import Calibration
 from mnistlab.version import __version__
@@ -61,56 +63,83 @@ def execute(
         workers = min(workers, len(stacks(unique, tuned.stack_rows, workers)))
     with executor(placement.cluster, workers, progress, log, tuned.threads_alone) as where:
         plan = stacks(unique, tuned.stack_rows, where.workers)
-        datasets = {}
-        for stack in plan:
-            name, validation_size = source = _source(stack)
-            if source not in datasets:
-                name = None if identify else name
-                datasets[source] = data.load(name, data_dir, validation_size=validation_size, progress=progress)
-        threads = where.threads(len(plan))
-        tasks = [_task(stack, datasets[_source(stack)], placement, threads) for stack in plan]
-        stack_of = {id(task): stack for task, stack in zip(tasks, plan, strict=True)}
+        datasets = _datasets(plan, data_dir, identify, progress)
+        threads, token = where.threads(len(plan)), secrets.token_hex(8)
+        tasks = [
+            _task(key, token, stack, datasets[_source(stack)], placement, threads) for key, stack in enumerate(plan)
+        ]
         for stack in plan:
             log(_describe(stack))
-        # A multi-seed folder's aggregate is written when its last seed lands, not after the whole plan:
-        # while the last stacks train, a core is often free for it.
-        unwritten: dict[RunFolder, set[RunFolder]] = {}
+        planned = {task.key: 2 * sum(member.epochs for member in task.members) for task in tasks}
+        bar = PlanProgress(planned, len(runs), progress)
+        writer = _Writer(runs, served, bar.around(log))
+        try:
+            for task, outcome in where.run(tasks, datasets, bar.stack):
+                bar.ran(writer.write(plan[task.key], task, outcome, datasets[task.source]))
+        finally:
+            bar.close()
+    if writer.diverged:
+        more = f" (and {len(writer.diverged) - 1} more)" if len(writer.diverged) > 1 else ""
+        raise MnistlabError(f"{writer.diverged[0]}{more}; nothing was written for it: lower train.learning_rate")
+
+
+def _datasets(plan: list[list[PlannedRun]], data_dir: Path | None, identify: bool, progress: bool) -> dict:
+    """Each data set the plan's stacks train on, loaded once: (name, validation size) -> Dataset."""
+    datasets = {}
+    for stack in plan:
+        name, validation_size = source = _source(stack)
+        if source not in datasets:
+            name = None if identify else name
+            datasets[source] = data.load(name, data_dir, validation_size=validation_size, progress=progress)
+    return datasets
+
+
+class _Writer:
+    """Writes the run folders of each stack as it comes back, and a multi-seed folder's aggregate when its
+    last seed lands (not after the whole plan: while the last stacks train, a core is often free for it).
+    Runs whose loss stopped being a number are not written: `diverged` says which."""
+
+    def __init__(self, runs: list[PlannedRun], served: dict[tuple, list[PlannedRun]], log: Callable[[str], None]):
+        self.served, self.log, self.started = served, log, time.time()
+        self.unwritten: dict[RunFolder, set[RunFolder]] = {}
         for run in runs:
             if run.folder.is_seed_run:
-                unwritten.setdefault(RunFolder(run.folder.path.parent), set()).add(run.folder)
-        started = time.time()
-        diverged = []
-        for task, outcome in where.run(tasks, datasets):
-            stack = stack_of[id(task)]
-            dataset = datasets[task.source]
-            size = len(_rows(stack))
-            for trained, result in zip(stack, outcome.results, strict=True):
-                if result.diverged:
-                    names = _names(served[trained.experiment.training_key()])
-                    diverged.append(f"{names}: the loss stopped being a finite number at {result.diverged}")
-                    log(f"  {diverged[-1]}; not written")
-                    continue
-                for run in served[trained.experiment.training_key()]:
-                    environment = _environment(outcome, run.experiment.seed, result.seconds, started, size)
-                    metrics = write_run(run.folder, run.experiment, result, task.arch, dataset, environment, size)
-                    log(f"  {run.folder.path}: test accuracy {metrics.scores['test'].accuracy:.4f}")
-                    if run.folder.is_seed_run:
-                        parent = RunFolder(run.folder.path.parent)
-                        unwritten[parent].discard(run.folder)
-                        if not unwritten[parent]:
-                            write_aggregate(parent)
-    if diverged:
-        more = f" (and {len(diverged) - 1} more)" if len(diverged) > 1 else ""
-        raise MnistlabError(f"{diverged[0]}{more}; nothing was written for it: lower train.learning_rate")
+                self.unwritten.setdefault(RunFolder(run.folder.path.parent), set()).add(run.folder)
+        self.diverged: list[str] = []
+
+    def write(self, stack: list[PlannedRun], task: StackTask, outcome: StackOutcome, dataset: data.Dataset) -> int:
+        """Every run the stack trained for; returns how many were written."""
+        size, written = len(_rows(stack)), 0
+        for trained, result in zip(stack, outcome.results, strict=True):
+            served = self.served[trained.experiment.training_key()]
+            if result.diverged:
+                self.diverged.append(f"{_names(served)}: the loss stopped being a finite number at {result.diverged}")
+                self.log(f"  {self.diverged[-1]}; not written")
+                continue
+            for run in served:
+                environment = _environment(outcome, run.experiment.seed, result.seconds, self.started, size)
+                metrics = write_run(run.folder, run.experiment, result, task.arch, dataset, environment, size)
+                self.log(f"  {run.folder.path}: test accuracy {metrics.scores['test'].accuracy:.4f}")
+                written += 1
+                if run.folder.is_seed_run:
+                    parent = RunFolder(run.folder.path.parent)
+                    self.unwritten[parent].discard(run.folder)
+                    if not self.unwritten[parent]:
+                        write_aggregate(parent)
+        return written
 
 
 def _source(stack: list[PlannedRun]) -> tuple[str, int]:
     return stack[0].experiment.dataset, stack[0].experiment.validation_size
 
 
-def _task(stack: list[PlannedRun], dataset: data.Dataset, placement: Placement, threads: int) -> StackTask:
+def _task(
+    key: int, token: str, stack: list[PlannedRun], dataset: data.Dataset, placement: Placement, threads: int
+) -> StackTask:
     first, rows = stack[0].experiment, len(_rows(stack))
     return StackTask(
+        key=key,
+        plan=token,
         arch=first.architecture(inputs=dataset.train_images.shape[1], classes=len(dataset.classes)),
         members=tuple(r.experiment.hyperparameters for r in stack),
         batch_size=first.batch_size,

@@ -22,19 +22,24 @@ import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from mnistlab.data import Dataset, PackedDataset
 from mnistlab.errors import MnistlabError
+from mnistlab.extras import installed, require
 from mnistlab.records import RunResult
 from mnistlab.spec import Architecture, Hyperparameters
+from mnistlab.study.progress import TOPIC
 from mnistlab.train import calibration
 from mnistlab.train.engine import Engine, flush_denormals
-from mnistlab.train.progress import ProgressBars
+from mnistlab.train.progress import ProgressBars, Report
 from mnistlab.train.protocol import train_protocol
 
 CLUSTER_ENV_VAR = "MNISTLAB_CLUSTER"
+PlanReport = Callable[[int, int, int], None]  # (stack key, model-epochs done, model-epochs planned)
+Trained = tuple["StackTask", "StackOutcome"]
 CONNECT_SECONDS = 10
 RESENDS = 3  # times the driver sends a data set again after the cluster lost every copy
 
@@ -53,6 +58,8 @@ class StackTask:
     compile: bool
     threads: int  # wherever it trains, so that a stack trained again elsewhere gives the same bits
     label: str
+    key: int = 0  # the stack's number in its plan, which its progress counts are told under
+    plan: str = ""  # the plan's own token: counts of other plans on a shared cluster are not this one's
 
 
 @dataclass
@@ -66,9 +73,17 @@ class StackOutcome:
     device_name: str
 
 
-def train_stack(task: StackTask, data: Dataset | PackedDataset, progress: bool = False) -> StackOutcome:
-    """Train one stack here (in the driver or in a worker) with the lab's protocol."""
+def train_stack(
+    task: StackTask, data: Dataset | PackedDataset, progress: bool = False, report: Report | None = None
+) -> StackOutcome:
+    """Train one stack here (in the driver or in a worker) with the lab's protocol. Its epoch counts go
+    to `report`, or from a Dask worker to the driver as events (`study.progress`)."""
     dataset = _unpacked(data) if isinstance(data, PackedDataset) else data
+    if report is None and (worker := _worker()) is not None:
+
+        def report(done: int, planned: int) -> None:
+            worker.log_event(TOPIC, {"plan": task.plan, "key": task.key, "done": done, "planned": planned})
+
     _undo_malloc_trim()
     was = torch.get_num_threads()
     torch.set_num_threads(task.threads)
@@ -84,7 +99,7 @@ def train_stack(task: StackTask, data: Dataset | PackedDataset, progress: bool =
                 dataset.on(engine.device),
                 task.batch_size,
                 engine,
-                ProgressBars(task.label, enabled=progress),
+                ProgressBars(task.label, enabled=progress, report=report),
             )
         finally:
             torch.set_num_threads(was)
@@ -99,12 +114,7 @@ def _without_worker_profiler() -> Iterator[None]:
     calls a compiled step every 1-3 ms, and lost about 10% of its speed to it: one single-threaded Dask
     worker trained a plan of two stacks of three final models in 59-63 s with it, 55-56 s without (AMD
     EPYC). Outside a worker, or with profiling off, nothing to do."""
-    try:
-        from distributed import get_worker
-
-        worker = get_worker()
-    except (ImportError, ValueError):  # not in a Dask worker
-        worker = None
+    worker = _worker()
     sampling = worker and worker.periodic_callbacks.get("profile")
     if sampling is None:
         yield
@@ -114,6 +124,16 @@ def _without_worker_profiler() -> Iterator[None]:
         yield
     finally:
         worker.loop.add_callback(sampling.start)
+
+
+def _worker():
+    """The Dask worker running this code, or None."""
+    try:
+        from distributed import get_worker
+
+        return get_worker()
+    except (ImportError, ValueError):  # no Dask, or not in a worker
+        return None
 
 
 def _undo_malloc_trim() -> None:
@@ -159,9 +179,12 @@ class InProcess:
         when the plan is just one."""
         return self.threads_alone if stacks == 1 else calibration.cores()
 
-    def run(self, tasks: list[StackTask], datasets: dict) -> Iterator[tuple[StackTask, StackOutcome]]:
+    def run(
+        self, tasks: list[StackTask], datasets: dict, report: PlanReport
+    ) -> Iterator[tuple[StackTask, StackOutcome]]:
         for task in tasks:
-            yield task, train_stack(task, datasets[task.source], self.progress)
+            told = partial(report, task.key)
+            yield task, train_stack(task, datasets[task.source], self.progress, told)
 
 
 class OnDask:
@@ -202,8 +225,19 @@ class OnDask:
         """What the scheduler knows of each worker now, by address (one round trip)."""
         return self.client.scheduler_info(n_workers=-1)["workers"]
 
-    def run(self, tasks: list[StackTask], datasets: dict) -> Iterator[tuple[StackTask, StackOutcome]]:
+    def run(
+        self, tasks: list[StackTask], datasets: dict, report: PlanReport
+    ) -> Iterator[tuple[StackTask, StackOutcome]]:
         from distributed import as_completed
+
+        plans = {task.plan for task in tasks}
+
+        def heard(event) -> None:  # on the client's event loop, as each epoch of a stack ends
+            _, message = event
+            if message.get("plan") in plans:
+                report(message["key"], message["done"], message["planned"])
+
+        self.client.subscribe_topic(TOPIC, heard)
 
         packed = {key: ds.pack() for key, ds in datasets.items()}
         sent = {key: self._send(data) for key, data in packed.items()}
@@ -240,6 +274,7 @@ class OnDask:
                 submit_more()  # before the driver writes this stack's folders: no worker waits on it
                 yield task, _result(future, task)
         finally:
+            self.client.unsubscribe_topic(TOPIC)
             for future in running:
                 future.cancel()
 
@@ -271,9 +306,16 @@ def executor(
     more than one; else this process, with `threads_alone` threads (every core if None) for a plan of one
     stack. Each task says how many threads it trains with (`threads`)."""
     if cluster:
+        require("training on a Dask cluster", "distributed")
         with _connect(cluster) as client:
             log(f"training on the Dask cluster at {cluster} ({OnDask(client).workers} workers)")
             yield OnDask(client)
+    elif workers > 1 and not installed("distributed"):
+        log(
+            f"training in this process: {workers} worker processes would be faster here, as the calibration "
+            "found; pip install 'mnistlab[cluster]' gives them"
+        )
+        yield InProcess(progress, None)
     elif workers > 1:
         log(f"training in {workers} local worker processes")
         with local_cluster(workers) as client:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mnistlab.data import SPLITS
 from mnistlab.errors import MnistlabError
+from mnistlab.extras import require
 from mnistlab.files import json_text, parse_json, read_limited, write_atomic
 from mnistlab.spec.sweep import Point, Sweep, unique
 from mnistlab.study.folder import RunFolder
@@ -121,6 +122,7 @@ def search(
     """An Optuna TPE search: `per_round` trials asked at a time, trained together by `train`, each told
     the mean validation loss of its seeds. A trial left running by an interrupted search is failed and
     asked again; with a storage URL the search resumes where it stopped."""
+    require("an Optuna search", "optuna")
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -36,7 +36,7 @@ from mnistlab.records import EpochNumbers, Fit
 from mnistlab.spec import Architecture, Hyperparameters, leaders
 from mnistlab.train.augment import distort, strengths
 from mnistlab.train.engine import Engine, compile_step, flush_denormals
-from mnistlab.train.progress import ProgressBars
+from mnistlab.train.progress import EpochCount, ProgressBars
 from mnistlab.train.schedule import Schedule
 from mnistlab.train.tracker import Tracker
 
@@ -190,9 +190,10 @@ def fit(
     batch_size: int | None,
     engine: Engine,
     progress: ProgressBars | None = None,
+    count: EpochCount | None = None,
 ) -> list[Fit]:
     """Train a stack of members, each with its own random streams, on `train`, evaluating `evaluation`
-    every epoch. batch_size None: full batch."""
+    every epoch, telling `count` the epochs done and left after each. batch_size None: full batch."""
     if engine.device.type == "cpu":
         flush_denormals()
     leader = leaders(members, streams)
@@ -210,6 +211,8 @@ def fit(
             numbers = EpochNumbers(*torch.stack([train_loss, train_acc, eval_loss, eval_acc]).tolist())
             bar.finish(numbers, tracker.running_rows)
         tracker.end_epoch(epoch, numbers, time.perf_counter() - start, params, stack.state.active)
+        if count is not None:
+            count.tell(*tracker.counts())
         if not tracker.running:
             break
     return tracker.fits()

@@ -1,20 +1,27 @@
-"""Keras-like progress bars, one per epoch, with live loss and accuracy. Off, they cost nothing: no bar,
-and no host sync inside an epoch."""
+"""Progress of a stack in training: Keras-like bars, one per epoch, with live loss and accuracy, and a
+count of the epochs its models have trained and have left, for a plan's one bar (`study.progress`).
+Off, they cost nothing: no bar, and no host sync inside an epoch."""
 
-from tqdm import tqdm
+from collections.abc import Callable
+
+from tqdm.auto import tqdm
+
+# Called after every epoch with (model-epochs trained, model-epochs planned) of the whole stack.
+Report = Callable[[int, int], None]
 
 
 class ProgressBars:
-    """Bars labelled `label` (a run's name and phase); `ProgressBars.OFF` draws none."""
+    """Bars labelled `label` (a run's name and phase); `ProgressBars.OFF` draws none. `report`, where
+    given, hears the stack's epoch counts after every epoch, bars or not."""
 
     OFF: "ProgressBars"
 
-    def __init__(self, label: str = "", enabled: bool = True):
-        self.label, self.enabled = label, enabled
+    def __init__(self, label: str = "", enabled: bool = True, report: Report | None = None):
+        self.label, self.enabled, self.report = label, enabled, report
 
     def within(self, part: str) -> "ProgressBars":
         """Bars for a part of this work, such as one phase of a run."""
-        return ProgressBars(f"{self.label} {part}".strip(), self.enabled)
+        return ProgressBars(f"{self.label} {part}".strip(), self.enabled, self.report)
 
     def epoch(self, epoch: int, epochs: int, steps: int) -> "_EpochBar":
         return _EpochBar(f"{self.label} epoch {epoch}/{epochs}".strip(), steps, self.enabled)
@@ -23,9 +30,32 @@ class ProgressBars:
 ProgressBars.OFF = ProgressBars(enabled=False)
 
 
+class EpochCount:
+    """The epochs a stack's models have trained, and the epochs they are still planned to train, over
+    both phases of the protocol: phase 2 trains each model for as many epochs as its phase 1 ran, so
+    what early stopping cuts from phase 1 comes off phase 2's plan too."""
+
+    def __init__(self, budgets: list[int], report: Report | None):
+        self.budgets, self.report = budgets, report
+        self.phase1: list[int] | None = None  # epochs each model trained in phase 1, once it ended
+
+    def tell(self, done: list[int], left: list[int]) -> None:
+        """After an epoch of the current phase: per model, the epochs done in it and the epochs it has left."""
+        if self.report is None:
+            return
+        if self.phase1 is None:
+            ahead = [d + rest for d, rest in zip(done, left, strict=True)]
+            self.report(sum(done), 2 * sum(ahead))
+        else:
+            self.report(sum(self.phase1) + sum(done), 2 * sum(self.phase1))
+
+    def end_phase1(self, epochs: list[int]) -> None:
+        self.phase1 = epochs
+
+
 class _EpochBar:
     def __init__(self, description: str, steps: int, enabled: bool):
-        self.bar = tqdm(total=steps, desc=description, unit="step", leave=True) if enabled else None
+        self.bar = tqdm(total=steps, desc=description, unit="step", leave=False) if enabled else None
         self.every = max(1, steps // 50)
 
     def __enter__(self):

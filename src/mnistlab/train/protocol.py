@@ -17,7 +17,7 @@ from mnistlab.records import Fit, RunResult, Score
 from mnistlab.spec import Architecture, Hyperparameters
 from mnistlab.train.engine import Engine, check_memory
 from mnistlab.train.fit import Streams, fit, full_batch_chunk_rows, seed_for
-from mnistlab.train.progress import ProgressBars
+from mnistlab.train.progress import EpochCount, ProgressBars
 
 
 def streams(member: Hyperparameters, phase: int) -> Streams:
@@ -46,11 +46,15 @@ def train_protocol(
     start = time.perf_counter()
     reg = Regularization.of(arch, members, engine.device)
 
+    count = EpochCount([m.epochs for m in members], progress.report)
+
     def phase(number: int, members: list[Hyperparameters], train, evaluation) -> list[Fit]:
         seeds = [streams(m, number) for m in members]
-        return fit(arch, members, seeds, train, evaluation, batch_size, engine, progress.within(f"phase {number}"))
+        bars = progress.within(f"phase {number}")
+        return fit(arch, members, seeds, train, evaluation, batch_size, engine, bars, count)
 
     phase1 = phase(1, members, splits.train, splits.validation)
+    count.end_phase1([f.epochs for f in phase1])
     stack1 = torch.stack([f.params for f in phase1])
     retrain = [replace(m, epochs=f.epochs, early_stopping=None) for m, f in zip(members, phase1, strict=True)]
     phase2 = phase(2, retrain, splits.full, splits.test)

@@ -75,6 +75,13 @@ class Tracker:
         for row in set(self.rows) - set(self.running_rows):
             active[row] = 0.0
 
+    def counts(self) -> tuple[list[int], list[int]]:
+        """Per member, the epochs trained so far, and those its budget has left (none once it is done)."""
+        done = [len(history) for history in self.histories]
+        running = set(self.running)
+        left = [m.epochs - d if i in running else 0 for i, (m, d) in enumerate(zip(self.members, done, strict=True))]
+        return done, left
+
     def fits(self) -> list[Fit]:
         return [
             Fit(
