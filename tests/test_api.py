@@ -6,11 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "python.md"
 
 
 def test_the_readmes_python_example_runs(tmp_path, mnist_dir):
-    section = README.read_text().split("## Python", 1)[1]
+    section = PAGE.read_text()
     example = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     environment = {**os.environ, "MNISTLAB_DATA": str(mnist_dir)}
     result = subprocess.run(

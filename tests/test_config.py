@@ -4,7 +4,7 @@ import sys
 import pytest
 
 from mnistlab.errors import ConfigError
-from mnistlab.reporting.build import REPORT_ORDER
+from mnistlab.reporting.experiments import REPORT_ORDER
 from mnistlab.spec import Hyperparameters, config
 
 

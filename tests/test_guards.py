@@ -551,3 +551,94 @@ def test_a_report_refuses_to_mix_data_sets(tmp_path, tiny_run, capsys):
     assert "2 data sets (" in err and "mnist: provided" in err and "fashion-mnist: provided" in err
     assert "report each data set apart" in err
     assert not (tmp_path / "r.html").exists()
+
+
+# --- the docs' guarantees, each tested ------------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[1]
+GUARANTEES = {  # the start of each sentence of docs/safety.md's lists -> the tests that check it
+    "mnistlab writes only into a new path": ["test_safety::test_a_users_folder_is_never_replaced"],
+    "A folder of yours, or a file, given as `--out`": [
+        "test_safety::test_a_users_folder_is_never_replaced",
+        "test_safety::test_a_file_given_as_out_is_never_replaced",
+    ],
+    "A run of mnistlab's made from another config": [
+        "test_safety::test_a_run_of_another_config_is_replaced_only_when_asked",
+        "test_safety::test_a_study_refuses_finished_runs_of_another_config",
+    ],
+    "`report` and `export` replace only files mnistlab wrote": [
+        "test_safety::test_report_never_replaces_a_file_it_did_not_write",
+        "test_guards::test_export_replaces_only_its_own_files_and_never_one_of_the_run",
+    ],
+    "While a command writes a folder it holds a lock": ["test_safety::test_two_processes_on_one_study_folder"],
+    "Every output path is checked before any work starts": [
+        "test_guards::test_every_writer_refuses_every_output_path_fault_in_one_line_before_any_work",
+        "test_guards::test_the_calibration_cache_refuses_the_same_faults_with_a_warning_and_keeps_its_measurement",
+    ],
+    "A full disk, Ctrl-C or SIGTERM leaves the finished runs": [
+        "test_safety::test_a_full_disk_leaves_no_partial_run",
+        "test_safety::test_sigterm_during_a_study_keeps_finished_runs_and_leaves_no_partial_one",
+        "test_runs::test_an_interrupted_run_leaves_nothing",
+    ],
+    "Points of a sweep never share a folder": [
+        "test_guards::test_points_of_values_that_print_alike_get_folders_of_their_own",
+        "test_guards::test_a_value_written_two_ways_trains_once_and_counts_once",
+    ],
+    "A run whose loss stops being a finite number is not written": [
+        "test_guards::test_a_run_whose_loss_stops_being_a_number_writes_nothing_and_says_so",
+        "test_guards::test_a_metrics_file_holding_nan_is_refused_not_read",
+    ],
+    "Bad input stops with one line": [
+        "test_bad_input::test_every_malformed_config_gets_a_one_line_config_error",
+        "test_bad_input::test_every_malformed_idx_file_gets_a_one_line_data_error",
+        "test_bad_input::test_every_malformed_run_folder_file_is_named_in_one_line",
+        "test_cli::test_bad_data_is_one_line_and_nonzero",
+        "test_serving::test_predict_errors_are_one_line",
+    ],
+    "Numbers in configs and sweeps must be finite and in range": [
+        "test_guards::test_no_float_key_takes_a_non_finite_or_absurd_number",
+        "test_guards::test_deeply_nested_values_are_one_line_errors_everywhere_they_are_read",
+        "test_guards::test_sweep_fields_of_the_wrong_type_are_one_line_config_errors",
+    ],
+    "Sizes are checked before anything is built": [
+        "test_guards::test_sizes_that_would_explode_are_refused_with_their_figures_before_anything",
+        "test_guards::test_sweep_sizes_that_would_explode_are_refused_before_anything",
+        "test_safety::test_a_model_too_large_for_memory_is_refused_before_training",
+    ],
+    "Only regular files are read": [
+        "test_guards::test_special_files_are_refused_by_every_reader_not_waited_on",
+        "test_guards::test_a_pipe_in_a_run_folder_is_refused_not_waited_on",
+    ],
+    "Weights are read as safetensors, never a pickle": [
+        "test_guards::test_weights_that_load_but_are_not_the_model_are_refused_by_predict_export_and_serve"
+    ],
+    "Runs of different data sets are never set side by side": ["test_guards::test_a_report_refuses_to_mix_data_sets"],
+}
+
+
+def _guarantees() -> list[str]:
+    page = (DOCS / "docs" / "safety.md").read_text()
+    return [line[2:] for line in page.splitlines() if line.startswith("- ")]
+
+
+def test_every_guarantee_of_the_docs_is_tested():
+    import importlib
+
+    sentences = _guarantees()
+    assert len(sentences) == len(GUARANTEES)
+    for sentence in sentences:
+        start = next((s for s in GUARANTEES if sentence.startswith(s)), None)
+        assert start is not None, f"no test named for: {sentence}"
+        for test in GUARANTEES[start]:
+            module, name = test.split("::")
+            assert callable(getattr(importlib.import_module(f"tests.{module}"), name, None)), test
+
+
+def test_the_readmes_safety_paragraph_says_only_what_the_docs_guarantee():
+    readme = (DOCS / "README.md").read_text()
+    paragraph = readme.split("## Your files are safe\n", 1)[1].split("\n## ", 1)[0]
+    sentences = [s.strip() for s in paragraph.replace("\n", " ").split(". ") if s.strip()]
+    promises = [s for s in sentences if not s.startswith("[Your files are safe]")]
+    listed = " ".join(_guarantees())
+    for promise in promises:
+        assert promise.rstrip(".") in listed, promise

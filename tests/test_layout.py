@@ -8,6 +8,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mnistlab"
 STAGES = [
     "version",
     "errors",
+    "extras",
     "files",
     "spec",
     "data",

@@ -19,7 +19,7 @@ from mnistlab.evaluation.analysis import ConfusedPair, Misclassified, analyse
 from mnistlab.evaluation.statistics import summarise
 from mnistlab.files import MARK
 from mnistlab.records import Epoch, Score
-from mnistlab.reporting import findings, lab
+from mnistlab.reporting import build, findings, lab
 from mnistlab.reporting.experiments import REPORT_ORDER, discover
 from mnistlab.spec import config
 
@@ -131,7 +131,9 @@ def study(tmp_path_factory, mnist_dir):
     return out
 
 
-def test_report_tables_and_verdicts(study, capsys):
+def test_report_tables_and_verdicts(study, capsys, monkeypatch):
+    # One epoch is no run of the lab's protocol; as if it were, to see the verdicts the lab's numbers get.
+    monkeypatch.setattr(lab, "protocol_difference", lambda experiment: None)
     assert main(["report", str(study), "--out", str(study / "again.html")]) == 0
     html = (study / "again.html").read_text()
     markdown = (study / "again.md").read_text()
@@ -223,3 +225,83 @@ def test_report_renders_in_headless_chromium_and_a_confusion_cell_shows_its_digi
         server.shutdown()
         server.server_close()
     assert shot.stat().st_size > 2_000
+
+
+# --- right for any run ------------------------------------------------------------------------------------
+
+
+def _boxes_overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 10])
+def test_the_test_error_figure_stays_legible_from_1_to_10_experiments(rows):
+    stat = summarise([0.97, 0.975, 0.98])
+    fig = figures.accuracy_comparison(
+        [figures.AccuracyRow(f"experiment-{i}", stat, 0.98 if i % 2 else None) for i in range(rows)], "test error"
+    )
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()  # lays the figure out
+    renderer = canvas.get_renderer()
+    (ax,) = fig.axes
+    legend = fig.legends[0].get_window_extent(renderer)
+    xlabel = ax.xaxis.label.get_window_extent(renderer)
+    ticks = [t.get_window_extent(renderer) for t in ax.get_xticklabels() + ax.get_yticklabels() if t.get_text()]
+    assert not _boxes_overlap(legend, xlabel) and not any(_boxes_overlap(legend, t) for t in ticks)
+    names = [t.get_window_extent(renderer) for t in ax.get_yticklabels()]
+    assert not any(_boxes_overlap(a, b) for i, a in enumerate(names) for b in names[i + 1 :])
+    assert fig.get_size_inches()[1] * fig.dpi >= 200
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 30, 50])
+def test_short_curves_show_a_marker_at_each_whole_epoch(epochs):
+    history = [Epoch(i + 1, 0.5 / (i + 1), 0.9, 0.6 / (i + 1), 0.88, 1.0) for i in range(epochs)]
+    fig = figures.validation_curves([history], "curves")
+    for ax in fig.axes:
+        lines = [line for line in ax.get_lines() if len(line.get_xdata()) == epochs]
+        assert lines and all((line.get_marker() not in ("None", "", None)) == (epochs <= 30) for line in lines)
+        if epochs < 5:
+            assert [int(t) for t in ax.get_xticks()] == list(range(1, epochs + 1))
+            assert ax.get_xlim() == (0.5, epochs + 0.5)
+
+
+def test_the_report_of_a_one_epoch_run_in_chromium(tiny_run, tmp_path):
+    """A newcomer's first report: no verdict against the lab's 20 epochs, no empty section, every figure
+    decoded; screenshots kept as artifacts."""
+    chromium = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    html, _ = build.build([tiny_run], tmp_path / "first.html")
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=flags)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(html.as_uri())
+        page.wait_for_load_state("load")
+        found = page.evaluate(
+            """() => {
+                const headings = [...document.querySelectorAll("h1, h2, h3")];
+                const empty = headings.filter(h => {
+                    const next = h.nextElementSibling;
+                    return !next || (/^H[1-6]$/.test(next.tagName) && next.tagName <= h.tagName);
+                }).map(h => h.textContent);
+                return {
+                    text: document.body.innerText,
+                    empty,
+                    decoded: [...document.images].every(i => i.complete && i.naturalWidth > 0),
+                    chart: [...document.images].find(i => i.alt.startsWith("test error")).naturalHeight,
+                };
+            }"""
+        )
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "report-one-epoch.png"), full_page=True)
+        browser.close()
+    assert "beyond rounding" not in found["text"] and found["text"].count("within rounding") == 1  # the rule, once
+    assert "Not comparable: 1 epoch against the lab's 20" in found["text"]
+    assert found["empty"] == [] and found["decoded"] and found["chart"] >= 200
+    assert "Which digits are wrong" not in found["text"] and "Which differences are real" not in found["text"]
+    assert "with no other experiment here to judge its bias by" in found["text"]
+    contradictions = found["text"].split("Where the report's text contradicts its numbers", 1)[1].split("Bias", 1)[0]
+    assert "provided" in contradictions and "final-as-written" not in contradictions

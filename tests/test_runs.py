@@ -230,9 +230,9 @@ def test_split_sizes_follow_validation_size_everywhere(tmp_path, data_env, monke
     titles = []
     curves = run_folder.figures.validation_curves
 
-    def spy(histories, path, title, marks=None):
+    def spy(histories, title, marks=None):
         titles.append(title)
-        curves(histories, path, title, marks)
+        return curves(histories, title, marks)
 
     monkeypatch.setattr(run_folder.figures, "validation_curves", spy)
     out = tmp_path / "p"

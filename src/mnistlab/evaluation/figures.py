@@ -50,8 +50,9 @@ def _epoch_axes(fig: Figure, title: str):
     return axes
 
 
-def _save(fig: Figure, path: Path) -> None:
-    write_atomic(path, _png_bytes(fig))
+def save(fig: Figure, path: Path) -> None:
+    """The figure as a PNG file, marked as mnistlab's."""
+    write_atomic(path, png(fig))
 
 
 def _seed_band(histories: list[list[Epoch]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -81,9 +82,7 @@ def _curve(ax, histories: list[list[Epoch]], key: str, label: str, colour: str, 
         ax.set_xticks(range(1, len(epochs) + 1))
 
 
-def validation_curves(
-    histories: list[list[Epoch]], path: Path, title: str, marks: dict[str, float] | None = None
-) -> None:
+def validation_curves(histories: list[list[Epoch]], title: str, marks: dict[str, float] | None = None) -> Figure:
     """Loss and accuracy per epoch, training (running) vs validation (clean), report figures 1, 6, 10, 11
     and 12; one history per seed. marks: label -> epoch, drawn as vertical lines.
     """
@@ -94,21 +93,21 @@ def validation_curves(
         for (label, epoch), style in zip((marks or {}).items(), (":", "--", "-."), strict=False):
             ax.axvline(epoch, color="0.3", linestyle=style, linewidth=1, label=f"{label} (epoch {epoch:g})")
         ax.legend(fontsize=8)
-    _save(fig, path)
+    return fig
 
 
-def retraining_curve(histories: list[list[Epoch]], path: Path, title: str) -> None:
+def retraining_curve(histories: list[list[Epoch]], title: str) -> Figure:
     """Training loss and accuracy per epoch when retraining on all 60k (report figures 2 and 7)."""
     fig = Figure(figsize=(11, 4), layout="constrained")
     for ax, (key, name) in zip(_epoch_axes(fig, title), METRICS, strict=True):
         _curve(ax, histories, key, f"training {name} (60k)", TRAIN_COLOUR)
         ax.legend(fontsize=8)
-    _save(fig, path)
+    return fig
 
 
 def misclassified_grid(
-    images: dict[int, np.ndarray], misclassified: list[Misclassified], classes: list[str], path: Path, title: str
-) -> None:
+    images: dict[int, np.ndarray], misclassified: list[Misclassified], classes: list[str], title: str
+) -> bytes:
     """The first 9 misclassified test images with true label, prediction and confidence (figure 3).
     images: test index -> uint8 image, as a run folder keeps them (`analysis.error_images`)."""
     shown = misclassified[:9]
@@ -116,10 +115,10 @@ def misclassified_grid(
     captions = [
         f"#{m.index}: true {classes[m.true]}\npredicted {classes[m.predicted]} ({m.confidence:.0%})" for m in shown
     ]
-    write_atomic(path, digit_grid(digits, captions, title, columns=3, scale=6))
+    return digit_grid(digits, captions, title, columns=3, scale=6)
 
 
-def per_class_bars(per_class: list[ClassScores], path: Path, title: str) -> None:
+def per_class_bars(per_class: list[ClassScores], title: str) -> Figure:
     """Precision, recall and F1 per class as grouped bars (figures 4 and 8)."""
     fig = Figure(figsize=(11, 4), layout="constrained")
     ax = fig.subplots()
@@ -135,10 +134,10 @@ def per_class_bars(per_class: list[ClassScores], path: Path, title: str) -> None
     ax.grid(axis="y", alpha=0.3)
     ax.legend(ncols=3, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     ax.set_title(title)
-    _save(fig, path)
+    return fig
 
 
-def confusion_heatmap(confusion: list[list[float]], classes: list[str], path: Path, title: str) -> None:
+def confusion_heatmap(confusion: list[list[float]], classes: list[str], title: str) -> Figure:
     """The confusion matrix normalised per true class, annotated (figures 5 and 9)."""
     matrix = np.asarray(confusion)
     fig = Figure(figsize=(7.5, 6.5), layout="constrained")
@@ -162,7 +161,7 @@ def confusion_heatmap(confusion: list[list[float]], classes: list[str], path: Pa
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title)
-    _save(fig, path)
+    return fig
 
 
 @dataclass(frozen=True)
@@ -172,7 +171,7 @@ class AccuracyRow:
     published: float | None  # the lab report's
 
 
-def accuracy_comparison(rows: list[AccuracyRow], path: Path, title: str) -> None:
+def accuracy_comparison(rows: list[AccuracyRow], title: str) -> Figure:
     """Test error per experiment with its 95% interval, beside the report's published value.
 
     Error on a log scale: 1.7% and 2.0% are far apart in what they mean, 47% is off the chart otherwise.
@@ -220,10 +219,10 @@ def accuracy_comparison(rows: list[AccuracyRow], path: Path, title: str) -> None
     ax.grid(axis="x", which="both", alpha=0.3)
     fig.legend(fontsize=8, loc="outside lower center", ncols=2)
     ax.set_title(title)
-    _save(fig, path)
+    return fig
 
 
-def _png_bytes(fig: Figure) -> bytes:
+def png(fig: Figure) -> bytes:
     out = io.BytesIO()
     fig.savefig(out, format="png", dpi=100, metadata={"Software": MARK})
     return out.getvalue()
@@ -293,7 +292,7 @@ class SweepCurve:
 REGION_COLOURS = {"high bias": "#ff7f0e", "high variance": "#9467bd"}
 
 
-def sweep_curve(curve: SweepCurve, path: Path, title: str) -> None:
+def sweep_curve(curve: SweepCurve, title: str) -> Figure:
     """Training and validation loss and error against the swept value (log where it spans decades), seed
     means with their 95% band, the best point starred, the lab's values dashed, bias and variance shaded,
     as scikit-learn's ValidationCurveDisplay with the lab's protocol."""
@@ -330,7 +329,7 @@ def sweep_curve(curve: SweepCurve, path: Path, title: str) -> None:
         ax.set_ylabel(metric)
         ax.legend(fontsize=7)
     fig.suptitle(title)
-    _save(fig, path)
+    return fig
 
 
 @dataclass(frozen=True)
@@ -344,7 +343,7 @@ class SweepGrid:
     values: list[list[float | None]]
 
 
-def sweep_heatmap(grid: SweepGrid, path: Path, title: str) -> None:
+def sweep_heatmap(grid: SweepGrid, title: str) -> Figure:
     table = np.array([[np.nan if v is None else v for v in row] for row in grid.values], dtype=float)
     fig = Figure(figsize=(1.2 * len(grid.columns) + 3, 0.6 * len(grid.rows) + 2), layout="constrained")
     ax = fig.subplots()
@@ -358,4 +357,4 @@ def sweep_heatmap(grid: SweepGrid, path: Path, title: str) -> None:
     ax.set_ylabel(grid.row_name)
     fig.colorbar(image, ax=ax, label="validation error")
     ax.set_title(title)
-    _save(fig, path)
+    return fig

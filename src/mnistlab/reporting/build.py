@@ -232,7 +232,7 @@ def _experiment_blocks(experiments: list[ExperimentRuns], chart: Path) -> list:
     on_mnist = all(e.runs[0].metrics.dataset == "mnist" for e in experiments)
     reference = lab.load_reference() if on_mnist else {}
     comparable = {e.label: reference.get(e.name) and lab.protocol_difference(e) is None for e in experiments}
-    figures.accuracy_comparison(
+    drawn = figures.accuracy_comparison(
         [
             figures.AccuracyRow(
                 e.label,
@@ -241,9 +241,9 @@ def _experiment_blocks(experiments: list[ExperimentRuns], chart: Path) -> list:
             )
             for e in experiments
         ],
-        chart,
         "Test error, mnistlab beside the lab report" if reference else "Test error per experiment",
     )
+    figures.save(drawn, chart)
     environment = experiments[0].runs[0].folder.read_environment()
     datasets = sorted({e.runs[0].metrics.dataset for e in experiments})
     blocks = [
@@ -252,7 +252,7 @@ def _experiment_blocks(experiments: list[ExperimentRuns], chart: Path) -> list:
             f"{sum(e.seeds for e in experiments)} runs of {len(experiments)} experiments on {', '.join(datasets)}, "
             f"built {time.strftime('%Y-%m-%d %H:%M')} by mnistlab {__version__}. Trained with torch "
             f"{environment['torch']} on {environment['device_name']} ({environment['device']}, "
-            f"{environment['threads']} threads)."
+            f"{environment['threads']} thread{'s' if environment['threads'] != 1 else ''} per stack)."
         ),
         *_results(experiments),
     ]

@@ -101,11 +101,13 @@ def protocol_difference(experiment: ExperimentRuns) -> str | None:
     keys = [k for k in dict.fromkeys([*lab, *ours]) if k not in ("seed", "description") and ours.get(k) != lab.get(k)]
     if not keys:
         return None
-    if keys == ["train.epochs"]:
+    parts = []
+    if "train.epochs" in keys:
         epochs = ours["train.epochs"]
-        return f"{epochs} epoch{'s' if epochs != 1 else ''} against the lab's {lab['train.epochs']}"
-    shown = [f"{k} {_show(ours.get(k))} (the preset's {_show(lab.get(k))})" for k in keys[:3]]
-    return "its config differs from the preset's: " + ", ".join(shown) + (" and more" if len(keys) > 3 else "")
+        parts.append(f"{epochs} epoch{'s' if epochs != 1 else ''} against the lab's {lab['train.epochs']}")
+    others = [k for k in keys if k != "train.epochs"]
+    parts += [f"{k} {_show(ours.get(k))} against the preset's {_show(lab.get(k))}" for k in others[:3]]
+    return ", ".join(parts) + (" and more" if len(others) > 3 else "")
 
 
 def _flat(table: dict, prefix: str = "") -> dict:

@@ -186,14 +186,15 @@ def section(folder: Path, figure_path: Path) -> list:
         blocks.append(Paragraph(f"The lab report: \u201c{record['claim']}\u201d"))
     keys = [key for axis in record["axes"] for key in axis]
     if len(record["axes"]) == 2:
-        figures.sweep_heatmap(_grid(record, points), figure_path, f"{record['name']}: validation error")
+        figures.save(figures.sweep_heatmap(_grid(record, points), f"{record['name']}: validation error"), figure_path)
         best = min(points, key=lambda p: p.validation_loss.mean)
         settings = ", ".join(f"{k.rpartition('.')[2]} = {_show(x_value(best.settings[k]))}" for k in keys)
         found = f"The lowest validation loss is at {settings} ({best.validation_loss.mean:.4f})."
         blocks += [Image(figure_path, f"heat map of validation error, {record['name']}"), Paragraph(found)]
     else:
         reading = read_curve(points)
-        figures.sweep_curve(_curve(record, points, reading), figure_path, f"{record['name']}: validation curve")
+        drawn = figures.sweep_curve(_curve(record, points, reading), f"{record['name']}: validation curve")
+        figures.save(drawn, figure_path)
         blocks += [
             Image(figure_path, f"validation curve, {record['name']}"),
             Paragraph(sentence(record, points, reading)),

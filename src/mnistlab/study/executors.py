@@ -40,6 +40,10 @@ from mnistlab.train.protocol import train_protocol
 CLUSTER_ENV_VAR = "MNISTLAB_CLUSTER"
 PlanReport = Callable[[int, int, int], None]  # (stack key, model-epochs done, model-epochs planned)
 Trained = tuple["StackTask", "StackOutcome"]
+
+
+def unheard(key: int, done: int, planned: int) -> None:
+    """A plan's progress that nobody follows."""
 CONNECT_SECONDS = 10
 RESENDS = 3  # times the driver sends a data set again after the cluster lost every copy
 
@@ -179,9 +183,7 @@ class InProcess:
         when the plan is just one."""
         return self.threads_alone if stacks == 1 else calibration.cores()
 
-    def run(
-        self, tasks: list[StackTask], datasets: dict, report: PlanReport
-    ) -> Iterator[tuple[StackTask, StackOutcome]]:
+    def run(self, tasks: list[StackTask], datasets: dict, report: PlanReport = unheard) -> Iterator[Trained]:
         for task in tasks:
             told = partial(report, task.key)
             yield task, train_stack(task, datasets[task.source], self.progress, told)
@@ -225,9 +227,7 @@ class OnDask:
         """What the scheduler knows of each worker now, by address (one round trip)."""
         return self.client.scheduler_info(n_workers=-1)["workers"]
 
-    def run(
-        self, tasks: list[StackTask], datasets: dict, report: PlanReport
-    ) -> Iterator[tuple[StackTask, StackOutcome]]:
+    def run(self, tasks: list[StackTask], datasets: dict, report: PlanReport = unheard) -> Iterator[Trained]:
         from distributed import as_completed
 
         plans = {task.plan for task in tasks}

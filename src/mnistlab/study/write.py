@@ -88,32 +88,32 @@ def write_analysis(folder: RunFolder, result: RunResult, arch: Architecture, dat
     folder.file(RunFolder.ANALYSIS).write_text(json_text(analysis.to_dict(), indent=1))
     errors = error_images(analysis, test_x, dataset.image_shape)
     save_file(errors, folder.file(RunFolder.ERROR_IMAGES))
-    figures.validation_curves(
-        [result.phase1.history],
+    figures.save(
+        figures.validation_curves(
+            [result.phase1.history], f"{title}: training on {size_label(sizes['train'])}", curve_marks(result.phase1)
+        ),
         folder.file(RunFolder.VALIDATION_CURVES),
-        f"{title}: training on {size_label(sizes['train'])}",
-        curve_marks(result.phase1),
     )
-    figures.retraining_curve(
-        [result.phase2.history],
+    figures.save(
+        figures.retraining_curve([result.phase2.history], f"{title}: retraining on {size_label(sizes['full'])}"),
         folder.file(RunFolder.RETRAINING_CURVE),
-        f"{title}: retraining on {size_label(sizes['full'])}",
     )
-    figures.misclassified_grid(
+    grid = figures.misclassified_grid(
         dict(zip(errors["indices"].tolist(), errors["images"].numpy(), strict=True)),
         analysis.misclassified,
         analysis.classes,
-        folder.file(RunFolder.MISCLASSIFIED),
         f"{title}: the first 9 misclassified test images",
     )
-    figures.per_class_bars(
-        analysis.per_class, folder.file(RunFolder.PER_CLASS), f"{title}: per-class scores on the test set"
+    folder.file(RunFolder.MISCLASSIFIED).write_bytes(grid)
+    figures.save(
+        figures.per_class_bars(analysis.per_class, f"{title}: per-class scores on the test set"),
+        folder.file(RunFolder.PER_CLASS),
     )
-    figures.confusion_heatmap(
-        analysis.confusion,
-        analysis.classes,
+    figures.save(
+        figures.confusion_heatmap(
+            analysis.confusion, analysis.classes, f"{title}: confusion matrix, normalised per true class"
+        ),
         folder.file(RunFolder.CONFUSION),
-        f"{title}: confusion matrix, normalised per true class",
     )
     return analysis
 
@@ -157,15 +157,12 @@ def write_aggregate(parent: RunFolder) -> dict:
         "wall_seconds": asdict(summarise([r.metrics.wall_seconds for r in runs])),
     }
     name = f"{first.preset} ({len(runs)} seeds)"
-    figures.validation_curves(
-        [r.history.phase1 for r in runs],
-        parent.file(RunFolder.VALIDATION_CURVES),
-        f"{name}: training on {size_label(first.split_sizes['train'])}, mean and one standard deviation",
+    curves = (
+        (figures.validation_curves, "phase1", RunFolder.VALIDATION_CURVES, "training on", "train"),
+        (figures.retraining_curve, "phase2", RunFolder.RETRAINING_CURVE, "retraining on", "full"),
     )
-    figures.retraining_curve(
-        [r.history.phase2 for r in runs],
-        parent.file(RunFolder.RETRAINING_CURVE),
-        f"{name}: retraining on {size_label(first.split_sizes['full'])}, mean and one standard deviation",
-    )
+    for draw, phase, file, doing, split in curves:
+        title = f"{name}: {doing} {size_label(first.split_sizes[split])}, mean and one standard deviation"
+        figures.save(draw([getattr(r.history, phase) for r in runs], title), parent.file(file))
     write_atomic(parent.file(RunFolder.AGGREGATE), json_text(aggregate))
     return aggregate
