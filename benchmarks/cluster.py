@@ -15,7 +15,7 @@ from pathlib import Path
 from mnistlab import data
 from mnistlab.spec import Architecture, Hyperparameters
 from mnistlab.study.executors import OnDask, StackTask, local_cluster
-from mnistlab.train.calibration import cpu_name
+from mnistlab.train.hardware import cpu_name
 
 FINAL = Architecture(784, (128, 128, 64, 64, 32))
 

@@ -30,8 +30,9 @@ import torch
 
 from mnistlab import data
 from mnistlab.spec import Architecture, Hyperparameters
-from mnistlab.train.engine import Engine, bf16_hardware, flush_denormals
+from mnistlab.train.engine import Engine, flush_denormals
 from mnistlab.train.fit import fit
+from mnistlab.train.hardware import bf16_hardware
 from mnistlab.train.protocol import streams
 
 FINAL = Architecture(784, (128, 128, 64, 64, 32))

@@ -20,9 +20,9 @@ import torch
 
 from mnistlab import data
 from mnistlab.spec import config
-from mnistlab.train import calibration
+from mnistlab.train import calibration, hardware
 from mnistlab.train.engine import Engine, flush_denormals
-from mnistlab.train.fit import Totals, _epoch_batches, _Lockstep
+from mnistlab.train.fit import Lockstep, Totals, epoch_batches
 from mnistlab.train.protocol import streams
 
 PRESETS = ("powerful", "l2", "l1", "dropout", "early-stopping", "l2-strong")
@@ -39,9 +39,9 @@ def study_stack(dataset, experiments: list, members: int):
     arch = experiments[0].architecture(inputs=dataset.train_images.shape[1], classes=len(dataset.classes))
     x, y = dataset.train_images[:50_000], dataset.train_labels[:50_000]
     seeds = [streams(h, phase=1) for h in hyperparameters]
-    stack = _Lockstep(arch, hyperparameters, seeds, (x, y), 32, Engine(torch.device("cpu"), precision="fp32"))
+    stack = Lockstep(arch, hyperparameters, seeds, (x, y), 32, Engine(torch.device("cpu"), precision="fp32"))
     totals = Totals(torch.zeros(members), torch.zeros(members))
-    batches = list(_epoch_batches(stack.shufflers, 50_000, 32, torch.device("cpu")))
+    batches = list(epoch_batches(stack.shufflers, 50_000, 32, torch.device("cpu")))
     started = time.perf_counter()
     stack.compiled(stack.state, x, y, batches[0], totals)
     first = time.perf_counter() - started
@@ -60,14 +60,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", type=int, default=[2, 4, 6, 8, 16])
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), help="batch-32 presets of the final model")
-    parser.add_argument("--threads", type=int, default=calibration.cores())
+    parser.add_argument("--threads", type=int, default=hardware.cores())
     parser.add_argument("--rounds", type=int, default=5, help="at most 5: an epoch has 1,562 full batches")
     parser.add_argument("--data-dir", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     flush_denormals()
     dataset = data.load("mnist", args.data_dir, progress=False)
-    print(f"{calibration.cpu_name()}, {args.threads} threads, torch {torch.__version__}")
+    print(f"{hardware.cpu_name()}, {args.threads} threads, torch {torch.__version__}")
     experiments = [config.load(name) for name in args.presets]
     rounds, probes = {}, {}
     for members in args.sizes:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from mnistlab.spec import sweep as sweep_spec
-from mnistlab.train.calibration import cpu_name
+from mnistlab.train.hardware import cpu_name
 
 L2_16 = """description = "16 L2 factors of the powerful model"
 base = "powerful"

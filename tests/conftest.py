@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from mnistlab import data
-from mnistlab.data.idx import write_idx
+
+from .helpers import write_idx
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from mnistlab import api
 from mnistlab.errors import ConfigError
 from mnistlab.nn import mlp as model
-from mnistlab.nn.mlp import Penalties, Regularization
+from mnistlab.nn.mlp import Regularization
 from mnistlab.nn.summary import summary
-from mnistlab.spec import Architecture, Augmentation, Hyperparameters, config
+from mnistlab.spec import Architecture, Augmentation, Hyperparameters, StepWork, config
 from mnistlab.train.augment import _uniform, distort, strengths
 from mnistlab.train.engine import Engine
-from mnistlab.train.fit import _Lockstep, fit
+from mnistlab.train.fit import Lockstep, fit
 from mnistlab.train.progress import ProgressBars
 from mnistlab.train.protocol import streams
 from mnistlab.train.schedule import Schedule
@@ -90,7 +90,7 @@ def test_hand_written_backward_with_crop_and_label_smoothing_matches_autograd():
     nll, _, grads = model.batch_grads(
         weights, arch, reg, x, y, torch.tensor([1, 2, 3]), torch.tensor(0), reg.dropout_members(), smoothing=True
     )
-    grad = model.flat(model.mean_grads(weights, reg, grads, 12, Penalties(l1=False, l2=False)))
+    grad = model.flat(model.mean_grads(weights, reg, grads, 12, StepWork(l1=False, l2=False)))
     ref_loss, ref_grad = _autograd(params, arch, x, y, smoothing)
     torch.testing.assert_close(nll / 12, ref_loss)
     torch.testing.assert_close(grad, ref_grad)
@@ -179,7 +179,7 @@ def test_cosine_schedule_warms_up_then_falls_to_zero():
 def test_a_schedule_drives_full_batch_steps_too():
     x, y = torch.rand(64, 784), torch.randint(0, 10, (64,))
     member = Hyperparameters(seed=0, learning_rate=0.1, epochs=2, schedule="cosine")
-    stack = _Lockstep(Architecture(784, (8,)), [member], [streams(member, 1)], (x, y), None, Engine(compile=False))
+    stack = Lockstep(Architecture(784, (8,)), [member], [streams(member, 1)], (x, y), None, Engine(compile=False))
     rates = []
     for epoch in (1, 2):
         with ProgressBars.OFF.epoch(epoch, 2, 1) as bar:

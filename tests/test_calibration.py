@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mnistlab.cli import main
-from mnistlab.train import calibration
+from mnistlab.train import calibration, hardware
 from mnistlab.train.calibration import Calibration, CalibrationWarning, Probe, decide
 
 CPU = torch.device("cpu")
@@ -23,7 +23,7 @@ def cache(tmp_path, monkeypatch):
 
 def _measured(**changes) -> Calibration:
     probes = (Probe(1, 2, 4, 5e-4), Probe(2, 1, 4, 4e-4))
-    return replace(Calibration(calibration.machine(CPU), 2, 1, 2, 128, None, probes, 90.0), **changes)
+    return replace(Calibration(hardware.machine(CPU), 2, 1, 2, 128, None, probes, 90.0), **changes)
 
 
 def _store(path, found: Calibration, **fields) -> None:
@@ -70,27 +70,27 @@ def test_a_corrupt_cache_is_ignored_with_a_warning(cache, content):
     cache.parent.mkdir(parents=True)
     cache.write_text(content)
     with pytest.warns(CalibrationWarning, match="ignoring an unreadable calibration"):
-        assert calibration.read(cache, calibration.machine(CPU)) is None
+        assert calibration.read(cache, hardware.machine(CPU)) is None
 
 
 def test_an_older_mnistlabs_calibration_is_measured_again(cache):
     # Format 1 probed stacks of dropout members alone, at 4 and 16: not what this mnistlab would decide from.
     _store(cache, _measured(), format=1)
     with pytest.warns(CalibrationWarning, match=f"format 1, this mnistlab's is {calibration.FORMAT}"):
-        assert calibration.read(cache, calibration.machine(CPU)) is None
+        assert calibration.read(cache, hardware.machine(CPU)) is None
 
 
 def test_a_cache_with_nonsense_counts_is_ignored(cache):
     _store(cache, _measured(), workers=0)
     with pytest.warns(CalibrationWarning, match="positive integers"):
-        assert calibration.read(cache, calibration.machine(CPU)) is None
+        assert calibration.read(cache, hardware.machine(CPU)) is None
 
 
 def test_another_machines_calibration_is_never_trusted(cache):
-    foreign = _measured(machine={**calibration.machine(CPU), "model": "Some Other CPU", "cores": 64})
+    foreign = _measured(machine={**hardware.machine(CPU), "model": "Some Other CPU", "cores": 64})
     _store(cache, foreign)
     with pytest.warns(CalibrationWarning, match="another machine"):
-        assert calibration.read(cache, calibration.machine(CPU)) is None
+        assert calibration.read(cache, hardware.machine(CPU)) is None
     with pytest.warns(CalibrationWarning):
         assert calibration.known(CPU) == calibration.fixed(CPU)  # a worker's view: never measures
 
@@ -101,17 +101,17 @@ ZEN4 = {**ZEN3, "model": "17", "flags": "fpu avx2 fma avx512f avx512_bf16 avx512
 
 
 def test_two_cpus_of_one_name_keep_their_own_calibrations(cache, monkeypatch):
-    monkeypatch.setattr(calibration, "cpu_info", lambda: ZEN3)
-    zen3 = calibration.machine(CPU)
+    monkeypatch.setattr(hardware, "cpu_info", lambda: ZEN3)
+    zen3 = hardware.machine(CPU)
     assert zen3["model"] == "AMD EPYC family 25 model 1 stepping 1" and zen3["isa"] == "avx2 fma"
     zen3_cache = calibration.cache_path(CPU)
     _store(zen3_cache, _measured(machine=zen3, bf16_min_macs=None))
 
-    monkeypatch.setattr(calibration, "cpu_info", lambda: ZEN4)
-    assert calibration.machine(CPU)["isa"] == "avx2 fma avx512f avx512_vnni avx512_bf16"
+    monkeypatch.setattr(hardware, "cpu_info", lambda: ZEN4)
+    assert hardware.machine(CPU)["isa"] == "avx2 fma avx512f avx512_vnni avx512_bf16"
     assert calibration.cache_path(CPU) != zen3_cache  # its own file: Zen 3's never decides bf16 on Zen 4
     with pytest.warns(CalibrationWarning, match="another machine"):  # nor Zen 3's file in Zen 4's place
-        assert calibration.read(zen3_cache, calibration.machine(CPU)) is None
+        assert calibration.read(zen3_cache, hardware.machine(CPU)) is None
 
 
 def test_off_measures_nothing(cache, monkeypatch):
@@ -125,4 +125,4 @@ def test_measuring_writes_a_cache_that_reads_back(cache):
     measured = calibration.calibration(CPU, log=lambda _: None)  # about 1.5 minutes on 2 cores: it compiles
     assert {p.members for p in measured.probes} == set(calibration.PROBE_MEMBERS["cpu"])
     assert all(p.seconds_per_model_step > 0 for p in measured.probes)
-    assert calibration.read(cache, calibration.machine(CPU)) == measured
+    assert calibration.read(cache, hardware.machine(CPU)) == measured

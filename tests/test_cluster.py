@@ -15,7 +15,7 @@ import pytest
 
 from mnistlab.cli import main
 from mnistlab.study.folder import Run
-from mnistlab.train.calibration import cores
+from mnistlab.train.hardware import cores
 
 DASK = Path(sys.executable).with_name("dask")
 # Two seeds of the provided model make two stacks on two workers; eager steps, no compile per worker.

@@ -4,12 +4,11 @@ import sys
 import pytest
 
 from mnistlab.errors import ConfigError
-from mnistlab.reporting.experiments import REPORT_ORDER
 from mnistlab.spec import Hyperparameters, config
 
 
 def test_every_report_experiment_is_a_preset_that_resolves():
-    assert set(REPORT_ORDER) <= set(config.preset_names())  # every experiment of the lab report
+    assert set(config.study_presets()) <= set(config.preset_names())  # every experiment of the lab report
     for name in config.preset_names():
         experiment = config.load(name)
         assert experiment.name == name and experiment.description

@@ -7,10 +7,11 @@ import torch
 
 from mnistlab import data
 from mnistlab.data.download import sha256_hex
-from mnistlab.data.idx import parse_labels, read_bytes, write_idx
+from mnistlab.data.idx import parse_labels, read_bytes
 from mnistlab.errors import DataError
 
 from .conftest import make_idx_folder
+from .helpers import write_idx
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

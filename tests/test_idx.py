@@ -4,8 +4,10 @@ import struct
 import numpy as np
 import pytest
 
-from mnistlab.data.idx import parse_images, parse_labels, read_bytes, write_idx
+from mnistlab.data.idx import parse_images, parse_labels, read_bytes
 from mnistlab.errors import DataError
+
+from .helpers import write_idx
 
 
 @pytest.mark.parametrize("suffix", [".gz", ""])

@@ -7,11 +7,11 @@ from safetensors import safe_open
 from mnistlab.errors import MnistlabError
 from mnistlab.nn import mlp as model
 from mnistlab.nn import weights
-from mnistlab.nn.mlp import Penalties, Regularization
+from mnistlab.nn.mlp import Regularization
 from mnistlab.nn.summary import summary
-from mnistlab.spec import Architecture, Hyperparameters
+from mnistlab.spec import Architecture, Hyperparameters, StepWork
 from mnistlab.train.engine import Engine
-from mnistlab.train.fit import Streams, _Lockstep
+from mnistlab.train.fit import Lockstep, Streams
 
 FINAL = Architecture(784, (128, 128, 64, 64, 32))
 
@@ -87,7 +87,7 @@ def test_hand_written_backward_matches_autograd(activation):
     weights = model.layers(params, arch)
     nll, correct, grads = model.batch_grads(weights, arch, reg, x, y, keys, step, reg.dropout_members())
     loss = nll / 12 + model.penalty(weights, reg)
-    grad = model.flat(model.mean_grads(weights, reg, grads, 12, Penalties(l1=True, l2=True)))
+    grad = model.flat(model.mean_grads(weights, reg, grads, 12, StepWork(l1=True, l2=True)))
     ref_loss, ref_grad = _reference(params, arch, reg, x, y, keys, step, activation)
     torch.testing.assert_close(loss, ref_loss)
     torch.testing.assert_close(grad, ref_grad)
@@ -119,7 +119,7 @@ def test_penalty_matches_hand_computation():
     # its gradient on each kernel: l1 * sign(W) + 2 * l2 * W
     kernel = model.layers(params, arch)[0][0]
     expected = [[0.01 * 1 + 0.002 * 1, 0.01 * -1 + 0.002 * -2], [0.01 * 1 + 0.002 * 3, 0.01 * -1 + 0.002 * -4]]
-    penalties = Penalties(l1=True, l2=True)
+    penalties = StepWork(l1=True, l2=True)
     torch.testing.assert_close(model.add_penalty_grad(kernel, 0, reg, penalties)[0], torch.tensor(expected))
     x, y = torch.tensor([[0.5, -0.5]]), torch.tensor([1])
     loss, _ = model.evaluate(params, arch, reg, x, y)
@@ -196,6 +196,6 @@ def test_a_models_bf16_layers_do_not_depend_on_the_stack_it_trains_in(batch_size
     def bf16_layers(stack: int) -> tuple[int, ...]:
         members = [Hyperparameters(seed=s, learning_rate=1e-3, epochs=1) for s in range(stack)]
         streams = [Streams(s, s, s) for s in range(stack)]
-        return _Lockstep(FINAL, members, streams, (x, y), batch_size, engine).eager.keywords["bf16_layers"]
+        return Lockstep(FINAL, members, streams, (x, y), batch_size, engine).eager.keywords["bf16_layers"]
 
     assert bf16_layers(1) == bf16_layers(16) != ()

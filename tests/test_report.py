@@ -20,7 +20,7 @@ from mnistlab.evaluation.statistics import summarise
 from mnistlab.files import MARK
 from mnistlab.records import Epoch, Score
 from mnistlab.reporting import build, findings, lab
-from mnistlab.reporting.experiments import REPORT_ORDER, discover
+from mnistlab.reporting.experiments import discover
 from mnistlab.spec import config
 
 ARTIFACTS = Path(os.environ.get("MNISTLAB_ARTIFACTS", Path(__file__).resolve().parents[1] / "build" / "test-artifacts"))
@@ -142,7 +142,7 @@ def test_report_tables_and_verdicts(study, capsys, monkeypatch):
     assert "<h3>Where the report&#x27;s text contradicts its numbers</h3>" in html
     assert "### Where the report's text contradicts its numbers" in markdown
     experiments = discover([study])
-    assert [e.name for e in experiments] == list(REPORT_ORDER) and experiments[0].seeds == 2
+    assert [e.name for e in experiments] == config.study_presets() and experiments[0].seeds == 2
     # Per experiment: its curves, misclassified digits, per-class bars, confusion, top losses.
     for alt in ("validation curves", "retraining on 60k", "per-class precision", "normalised confusion", "top losses"):
         assert len(re.findall(rf'<img src="data:image/png;base64,[^"]+" alt="[^"]*{alt}', html)) == len(experiments)
@@ -155,7 +155,7 @@ def test_report_tables_and_verdicts(study, capsys, monkeypatch):
     assert "2 seeds: too few for a prediction interval" in html
     assert "test digits are wrong in all 2 seeds (stable errors)" in html
     values = {(split, key): experiments[1].values(split, key) for split in SPLITS for key in ("accuracy", "loss")}
-    rows = findings.compare(values, lab.load_reference()["powerful"])
+    rows = findings.compare(values, config.lab_report()["powerful"])
     assert [(r.split, r.key) for r in rows][:2] == [("train", "accuracy"), ("train", "loss")]
     assert all(r.difference == pytest.approx(r.ours[0] - r.published) for r in rows)
     # Markdown links every figure by a relative path that exists.

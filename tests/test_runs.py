@@ -19,7 +19,7 @@ from mnistlab.study import write as run_folder
 from mnistlab.study.execute import Placement, execute
 from mnistlab.study.folder import Run, RunFolder
 from mnistlab.study.plan import PlannedRun, seed_runs, stacks
-from mnistlab.train import calibration
+from mnistlab.train import calibration, hardware
 
 FAST = ["--set", "train.batch_size=1000", "--no-compile", "--quiet"]  # an epoch in a second or two
 
@@ -78,12 +78,12 @@ def test_an_aggregate_is_written_when_its_last_seed_lands_not_after_the_plan(tmp
         ).stat().st_mtime_ns
 
 
-@pytest.mark.skipif(calibration.cores() < 2, reason="threads alone and every core are the same on one core")
+@pytest.mark.skipif(hardware.cores() < 2, reason="threads alone and every core are the same on one core")
 def test_a_plan_of_one_stack_trains_with_the_threads_that_suit_a_stack_alone(tmp_path, mnist_dir):
     # A calibration that found one thread best for a stack alone, and a single process for the plan.
     tuned = dataclasses.replace(calibration.fixed(torch.device("cpu")), workers=1, threads_alone=1)
     experiment = api.experiment("provided", ["train.batch_size=1000"], epochs=1)
-    for seeds, expected in ((1, 1), (2, calibration.cores())):  # one seed, one stack; two seeds of one row each, two
+    for seeds, expected in ((1, 1), (2, hardware.cores())):  # one seed, one stack; two seeds of one row each, two
         folder = RunFolder(tmp_path / f"seeds-{seeds}")
         execute(seed_runs(experiment, folder, seeds), Placement(tuned, compile=False), mnist_dir, log=lambda _: None)
         environments = [Run.load(p.parent).folder.read_environment() for p in folder.path.rglob("metrics.json")]

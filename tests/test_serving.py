@@ -20,10 +20,11 @@ from scipy import ndimage
 
 from mnistlab import api
 from mnistlab.cli import main
-from mnistlab.serving.images import FRAME, ImageError, naive, read, to_mnist
+from mnistlab.serving.images import FRAME, ImageError, read, to_mnist
 from mnistlab.serving.photos import photo
 from mnistlab.serving.predictor import Predictor
 
+from .helpers import naive
 from .test_report import ARTIFACTS
 
 

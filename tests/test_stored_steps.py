@@ -2,13 +2,14 @@
 and never loads a file that another user could have written or that does not load."""
 
 import os
+from collections import OrderedDict
 
 import pytest
 import torch
 
 from mnistlab.spec import Architecture
 from mnistlab.spec import Hyperparameters as Member
-from mnistlab.train import engine, stored_steps
+from mnistlab.train import compiler, steps, stored_steps
 from mnistlab.train.engine import Engine
 from mnistlab.train.fit import fit
 from mnistlab.train.protocol import streams
@@ -22,7 +23,7 @@ MEMBERS = [Member(seed=0, learning_rate=1e-3, epochs=2, dropout=0.1), Member(see
 def cache(tmp_path, monkeypatch):
     """A user cache of this test's own, and a process that has compiled nothing yet."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(engine, "_COMPILED", {})
+    monkeypatch.setattr(steps, "_COMPILED", OrderedDict())
     return stored_steps.folder()
 
 
@@ -36,13 +37,13 @@ def _train() -> torch.Tensor:
 
 def _forget_compiled(monkeypatch, compiling_allowed: bool) -> None:
     """As in a new process: nothing compiled in memory; and, unless allowed, no compiling either."""
-    monkeypatch.setattr(engine, "_COMPILED", {})
+    monkeypatch.setattr(steps, "_COMPILED", OrderedDict())
     if not compiling_allowed:
 
         def refuse(*args, **kwargs):
             raise AssertionError("compiled again instead of loading the stored step")
 
-        monkeypatch.setattr(engine.torch, "compile", refuse)
+        monkeypatch.setattr(compiler.torch, "compile", refuse)
 
 
 def test_a_stored_step_is_loaded_instead_of_compiled_and_gives_the_same_bits(cache, monkeypatch):
@@ -100,3 +101,33 @@ def test_only_the_newest_steps_are_kept(cache, monkeypatch):
         os.utime(path, (1e9 - age, 1e9 - age))
     stored_steps._prune(cache)
     assert sorted(p.stem for p in cache.glob("*.step")) == ["old", "older"]
+
+
+def test_a_compiled_step_called_with_another_shape_raises_rather_than_reading_out_of_bounds(cache):
+    """The step runs without torch's guards; a call of the epoch's short last batch (which training runs
+    eagerly) once segfaulted. Now it is an error that says what was expected."""
+    from mnistlab.train.fit import Lockstep, Totals
+
+    generator = torch.Generator().manual_seed(4)
+    x, y = torch.rand(320, 784, generator=generator), torch.randint(0, 10, (320,), generator=generator)
+    stack = Lockstep(SMALL, MEMBERS, [streams(m, 1) for m in MEMBERS], (x, y), 32, Engine())
+    totals = Totals(torch.zeros(2), torch.zeros(2))
+    stack.compiled(stack.state, x, y, torch.randint(0, 320, (2, 32), generator=generator), totals)
+    for batch, data in (
+        (torch.randint(0, 320, (2, 16), generator=generator), (x, y)),  # the short last batch
+        (torch.randint(0, 320, (2, 32), generator=generator).int(), (x, y)),  # indices of another dtype
+        (torch.randint(0, 320, (2, 32), generator=generator), (x[:, :400], y)),  # images of another width
+    ):
+        with pytest.raises(steps.StepSignatureError, match="compiled for"):
+            stack.compiled(stack.state, *data, batch, totals)
+
+
+def test_the_steps_kept_in_memory_are_bounded(cache, monkeypatch):
+    monkeypatch.setattr(steps, "KEPT", 2)
+    monkeypatch.setattr(steps, "_stored_or_compiled", lambda step_fn, args, signature: step_fn)  # no compiler
+    for width in (8, 9, 10):
+        arch = Architecture(784, (width,))
+        generator = torch.Generator().manual_seed(0)
+        data = torch.rand(64, 784, generator=generator), torch.randint(0, 10, (64,), generator=generator)
+        fit(arch, MEMBERS[:1], [streams(MEMBERS[0], 1)], data, (data[0][:32], data[1][:32]), 32, Engine())
+    assert len(steps._COMPILED) == 2

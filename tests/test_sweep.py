@@ -165,7 +165,7 @@ def test_an_optuna_search_with_a_fixed_seed_is_reproducible(tmp_path, data_env):
 
 def _point(l2: float, train: list[float], validation: list[float]):
     from mnistlab.evaluation.statistics import summarise
-    from mnistlab.reporting.sweeps import PointSummary
+    from mnistlab.reporting.sweep_section import PointSummary
 
     error = summarise([0.02] * len(train))
     return PointSummary(
@@ -174,7 +174,7 @@ def _point(l2: float, train: list[float], validation: list[float]):
 
 
 def test_the_curve_is_read_for_bias_variance_and_seed_noise():
-    from mnistlab.reporting.sweeps import read_curve, sentence
+    from mnistlab.reporting.sweep_section import read_curve, sentence
 
     points = [
         _point(1e-6, [0.003, 0.004, 0.003], [0.150, 0.160, 0.155]),  # far apart: high variance

@@ -5,9 +5,11 @@ import pytest
 import torch
 
 from mnistlab.nn import mlp as model
-from mnistlab.nn.mlp import Penalties, Regularization
-from mnistlab.spec import Architecture, EarlyStopping, leaders
+from mnistlab.nn.mlp import Regularization
+from mnistlab.spec import Architecture, Augmentation, EarlyStopping, StepWork, config, leaders
 from mnistlab.spec import Hyperparameters as Member
+from mnistlab.study.folder import RunFolder
+from mnistlab.study.plan import PlannedRun
 from mnistlab.study.write import curve_marks
 from mnistlab.train import fit as fit_module
 from mnistlab.train.engine import Engine
@@ -16,6 +18,7 @@ from mnistlab.train.protocol import streams, train_protocol
 from mnistlab.train.tracker import Stopper
 
 SMALL = Architecture(784, (32, 16))
+SMALL_SQUARE = Architecture(784, (8,), crop=4)  # the distortions need a square image
 EAGER = Engine(compile=False)
 
 
@@ -55,11 +58,9 @@ def test_adam_follows_keras_formula():
             batch,
             totals,
             arch=SMALL,
+            work=StepWork(l2=True),
             dropout_members=reg.dropout_members(),
-            penalties=Penalties(l1=False, l2=True),
             bf16_layers=(),
-            smoothing=False,
-            elastic=False,
         )
         torch.testing.assert_close(state.params, expected)
     assert state.step.item() == 3
@@ -180,9 +181,9 @@ def test_a_run_that_is_the_first_epochs_of_another_is_read_off_its_training(monk
     last = replace(whole, early_stopping=EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=False))
     best = replace(whole, early_stopping=EarlyStopping(monitor="val_loss", patience=2))
     rows = []
-    lockstep = fit_module._Lockstep
+    lockstep = fit_module.Lockstep
     monkeypatch.setattr(
-        fit_module, "_Lockstep", lambda arch, members, *a: rows.append(members) or lockstep(arch, members, *a)
+        fit_module, "Lockstep", lambda arch, members, *a: rows.append(members) or lockstep(arch, members, *a)
     )
     stopped_last, trained, stopped_best = _fit([last, whole, best], train, evaluation, 32)
     assert rows == [[whole]]
@@ -254,15 +255,57 @@ def test_runs_of_one_seed_share_initial_weights_and_data_order_whatever_the_expe
     """Why the report pairs runs by seed: the same seed gives two experiments the same starting point and
     the same batches, so their difference is the experiments', not the seeds'."""
     from mnistlab.spec import config
-    from mnistlab.train.fit import _epoch_batches, _Lockstep
+    from mnistlab.train.fit import Lockstep, epoch_batches
 
     x, y = _toy_data(256)
     powerful, l2 = (config.load(name).hyperparameters for name in ("powerful", "l2"))
     arch = Architecture(784, config.load("powerful").hidden)
-    stack = _Lockstep(arch, [powerful, l2], [streams(powerful, 1), streams(l2, 1)], (x, y), 32, EAGER)
+    stack = Lockstep(arch, [powerful, l2], [streams(powerful, 1), streams(l2, 1)], (x, y), 32, EAGER)
     for kernel, bias in stack.state.weights:
         assert torch.equal(kernel[0], kernel[1]) and torch.equal(bias[0], bias[1])
-    for batch in _epoch_batches(stack.shufflers, 256, 32, torch.device("cpu")):
+    for batch in epoch_batches(stack.shufflers, 256, 32, torch.device("cpu")):
         assert torch.equal(batch[0], batch[1])
-    other_seed = _Lockstep(arch, [powerful], [streams(replace(powerful, seed=1), 1)], (x, y), 32, EAGER)
+    other_seed = Lockstep(arch, [powerful], [streams(replace(powerful, seed=1), 1)], (x, y), 32, EAGER)
     assert not torch.equal(other_seed.state.weights[0][0][0], stack.state.weights[0][0][0])
+
+
+def test_the_stacking_key_and_the_step_key_come_from_one_description():
+    """What a step does beyond the plain model (`spec.StepWork`) is described once: the plan sorts runs by
+    it, the step binds it, and the compiled step's signature holds it. A new hyperparameter for the step
+    is a field there, which all three then follow."""
+    from dataclasses import fields
+
+    from mnistlab.study.plan import stacks
+    from mnistlab.train.fit import Lockstep
+    from mnistlab.train.steps import _signature
+
+    plain = Member(seed=0, learning_rate=1e-3, epochs=1)
+    asks = {
+        "dropout": replace(plain, input_dropout=0.1),
+        "l1": replace(plain, l1=1e-5),
+        "l2": replace(plain, l2=1e-5),
+        "label_smoothing": replace(plain, label_smoothing=0.1),
+        "ema": replace(plain, ema=0.9),
+        "augmentation": replace(plain, augmentation=Augmentation(rotation=5)),
+        "elastic": replace(plain, augmentation=Augmentation(elastic=1)),
+    }
+    assert set(asks) == {f.name for f in fields(StepWork)}  # every field has a member that asks for it
+    assert StepWork.of([plain]) == StepWork()
+    for name, member in asks.items():
+        work = StepWork.of([plain, member])
+        assert getattr(work, name) and work == StepWork.of([member])
+        x, y = torch.rand(64, 784), torch.randint(0, 10, (64,))
+        stack = Lockstep(SMALL_SQUARE, [plain, member], [streams(plain, 1), streams(member, 1)], (x, y), 32, Engine())
+        assert stack.eager.keywords["work"] == work  # the flags bound into the step
+        batch = torch.zeros(2, 32, dtype=torch.int64)
+        assert work in _signature(stack.eager, (stack.state, x, y, batch))[0][1][-1]  # the compiled step's key
+    # The plan sorts a group's runs by the same description: the plain runs, then each kind of work.
+    experiment = config.load("powerful", ["train.epochs=1"])
+    planned = [
+        PlannedRun(replace(experiment, hyperparameters=replace(member, seed=i)), RunFolder(f"x/{i}"))
+        for i, member in enumerate([asks["l2"], plain, asks["dropout"], plain])
+    ]
+    (stack,) = stacks(planned, rows=512)
+    assert [StepWork.of([r.experiment.hyperparameters]) for r in stack] == sorted(
+        StepWork.of([r.experiment.hyperparameters]) for r in planned
+    )

@@ -19,8 +19,7 @@ from mnistlab.files import check_output
 from mnistlab.reporting import build, experiments
 from mnistlab.spec import Experiment, config
 from mnistlab.spec import sweep as sweep_spec
-from mnistlab.study import claim
-from mnistlab.study import sweep as sweeping
+from mnistlab.study import ownership, sweep_folder
 from mnistlab.study.execute import Placement, execute
 from mnistlab.study.executors import CLUSTER_ENV_VAR
 from mnistlab.study.folder import Run, RunFolder
@@ -118,7 +117,7 @@ def run(preset: str, *, out: Path | str | None = None, **options) -> list[Run]:
     options = Options(**options)
     spec = options.experiment(preset)
     folder = RunFolder(check_output(out or Path("runs") / spec.name, folder=True))
-    with claim.lock(folder.path):
+    with ownership.lock(folder.path):
         planned = _claim_runs(spec, folder, options.seeds, options.overwrite)
         options.train(planned)
     return [Run.load(p.folder) for p in planned]
@@ -129,9 +128,9 @@ def _claim_runs(spec: Experiment, folder: RunFolder, seeds: int, overwrite: bool
     planned = seed_runs(spec, folder, seeds)
     if seeds > 1:
         # A multi-seed folder is one experiment: its marker holds the config of seed 0.
-        claim.prepare(folder.path, "seeds", config.to_toml(spec.with_seed(0)), overwrite)
+        ownership.prepare(folder.path, "seeds", config.to_toml(spec.with_seed(0)), overwrite)
     for run in planned:
-        claim.check_target(run.folder.path, "run", config.to_toml(run.experiment), overwrite)
+        ownership.check_target(run.folder.path, "run", config.to_toml(run.experiment), overwrite)
     return planned
 
 
@@ -146,8 +145,8 @@ def study(presets: list[str] | None = None, *, out: Path | str = "study", **opti
     specs = [options.experiment(name) for name in presets or config.study_presets()]
     check_size(len(specs) * options.seeds, f"{len(specs)} experiments x {options.seeds:,} seeds")
     check_output(out, folder=True)
-    with claim.lock(out):
-        claim.prepare(out, "study", overwrite=options.overwrite)
+    with ownership.lock(out):
+        ownership.prepare(out, "study", overwrite=options.overwrite)
         planned = [
             p for spec in specs for p in _claim_runs(spec, RunFolder(out / spec.name), options.seeds, options.overwrite)
         ]
@@ -180,18 +179,20 @@ def sweep(name_or_file: str, *, out: Path | str | None = None, **options) -> lis
     check_size(spec.size * options.seeds, f"sweep {spec.name}, {spec.size:,} points x {options.seeds:,} seeds")
     _check_points(spec, options)
     check_output(out, folder=True)
-    with claim.lock(out):
-        claim.prepare(out, "sweep", overwrite=options.overwrite)
+    with ownership.lock(out):
+        ownership.prepare(out, "sweep", overwrite=options.overwrite)
         if spec.search.method == "optuna":
             tuned = calibration.calibration(Engine.create(options.device).device, log=options.log)
             batch = options.experiment(spec.base, first=list(spec.overrides)).batch_size
             per_round = (max(1, tuned.stack_rows // batch) if batch else 1) * tuned.workers
-            points = sweeping.search(spec, out, runs_of, lambda runs: _train_unfinished(runs, options, out), per_round)
+            points = sweep_folder.search(
+                spec, out, runs_of, lambda runs: _train_unfinished(runs, options, out), per_round
+            )
         else:
-            points = sweeping.plan(spec.points(), out, runs_of)
+            points = sweep_folder.plan(spec.points(), out, runs_of)
             _train_unfinished([run for p in points for run in p.runs], options, out)
-        sweeping.write_record(spec, out, points)
-        table = sweeping.write_table(out)
+        sweep_folder.write_record(spec, out, points)
+        table = sweep_folder.write_table(out)
         html, md = build.build([out], out / "report.html")
     options.log(f"{table}, and the report: {html} (and {md.name})")
     return [Run.load(run.folder) for p in points for run in p.runs]

@@ -1,9 +1,9 @@
 """MNIST-format data: the idx file format, the catalogued data sets, downloads, and the lab's splits.
 
-The catalog loads without torch; the loader (`dataset`) on first use of its names.
+The catalog (names, checksums, splits) loads without torch; the loader (`dataset`) on first use of its names.
 """
 
-from mnistlab.data.catalog import CATALOG, FILES, SPLITS, Catalogued
+from mnistlab.data.catalog import CATALOG, FILES, SPLITS, Catalogued, size_label
 
 _DATASET = (
     "ENV_VAR",
@@ -14,9 +14,8 @@ _DATASET = (
     "cache_dir",
     "load",
     "locate",
-    "size_label",
 )
-__all__ = ["CATALOG", "FILES", "SPLITS", "Catalogued", *_DATASET]
+__all__ = ["CATALOG", "FILES", "SPLITS", "Catalogued", "size_label", *_DATASET]
 
 
 def __getattr__(name: str):

@@ -3,6 +3,13 @@
 from dataclasses import dataclass
 
 SPLITS = ("train", "validation", "full", "test")  # the lab's four splits (see `dataset`)
+
+
+def size_label(count: int) -> str:
+    """A split's size as the lab report names it: 50k, 5k, 55k; a count that is no whole thousand as is."""
+    return f"{count // 1000}k" if count % 1000 == 0 else f"{count:,}"
+
+
 FILES = {  # role -> file name, without the optional .gz
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",

@@ -21,17 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnistlab.data.catalog import CATALOG, FILES, SPLITS, Catalogued
+from mnistlab.data.catalog import CATALOG, FILES, SPLITS, Catalogued, size_label  # noqa: F401 (re-exported)
 from mnistlab.data.download import fetch, sha256_hex
 from mnistlab.data.idx import parse_images, parse_labels, read_bytes
 from mnistlab.errors import DataError
 
 ENV_VAR = "MNISTLAB_DATA"
-
-
-def size_label(count: int) -> str:
-    """A split's size as the lab report names it: 50k, 5k, 55k; a count that is no whole thousand as is."""
-    return f"{count // 1000}k" if count % 1000 == 0 else f"{count:,}"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from mnistlab.errors import DataError
-from mnistlab.files import write_atomic
 
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
@@ -77,19 +76,3 @@ def _parse_header(data: bytes, name: str, magic: int, ndim: int, what: str) -> t
             f"{name}: {len(data) - expected} unexpected bytes after the {' x '.join(map(str, dims))} {what}"
         )
     return dims
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write uint8 images (n, rows, cols) or labels (n,) as idx, gzip-compressed when path ends in .gz.
-
-    The file appears whole or not at all: it is written beside its target and renamed into place.
-    """
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    magic = {3: IMAGES_MAGIC, 1: LABELS_MAGIC}.get(array.ndim)
-    if magic is None:
-        raise ValueError(f"idx arrays are (n, rows, cols) images or (n,) labels, not shape {array.shape}")
-    content = struct.pack(f">i{array.ndim}I", magic, *array.shape) + array.tobytes()
-    path = Path(path)
-    if path.suffix == ".gz":
-        content = gzip.compress(content, compresslevel=6, mtime=0)
-    write_atomic(path, content)

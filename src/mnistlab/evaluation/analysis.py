@@ -1,4 +1,5 @@
-"""Error analysis of a trained model on the test set, with scikit-learn's metrics.
+"""Error analysis of a trained model on the test set, with scikit-learn's metrics, on numpy arrays: reading
+an analysis back (a report, a digit reader) needs neither torch nor scikit-learn.
 
 What the lab report looks at for each model: the misclassified images, the class pairs most often
 confused, per-class precision, recall and F1, and the confusion matrix normalised per true class.
@@ -7,10 +8,6 @@ confused, per-class precision, recall and F1, and the confusion matrix normalise
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
-
-from mnistlab.nn.mlp import logits
-from mnistlab.spec import Architecture
 
 
 @dataclass(frozen=True)
@@ -93,21 +90,15 @@ class Analysis:
         return counts
 
 
-def predict(params: torch.Tensor, arch: Architecture, x: torch.Tensor, chunk: int = 10_000) -> torch.Tensor:
-    """(n, classes) softmax probabilities of one model, flat (P,) parameters, dropout off."""
-    with torch.no_grad():
-        parts = [logits(params.view(1, -1), arch, x[i : i + chunk])[0] for i in range(0, len(x), chunk)]
-    return torch.softmax(torch.cat(parts), dim=1)
-
-
 def analyse(
-    probabilities: torch.Tensor, labels: torch.Tensor, classes: list[str], top_pairs: int = 10, top_losses: int = 16
+    probabilities: np.ndarray, labels: np.ndarray, classes: list[str], top_pairs: int = 10, top_losses: int = 16
 ) -> Analysis:
-    """Everything the report shows about one model's errors, from its test-set probabilities."""
+    """Everything the report shows about one model's errors, from its test-set probabilities (n, classes)
+    and the true labels (n,)."""
     # Here, not at the top: reading an analysis back (a report, a digit reader) needs no scikit-learn.
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-    probabilities, labels = probabilities.cpu().numpy(), labels.cpu().numpy()
+    probabilities, labels = np.asarray(probabilities), np.asarray(labels)
     true_probability = probabilities[np.arange(len(labels)), labels]
     losses = -np.log(np.maximum(true_probability, np.finfo(np.float32).tiny))
     worst = np.argsort(-losses, kind="stable")[:top_losses]
@@ -147,9 +138,10 @@ def analyse(
     )
 
 
-def error_images(analysis: Analysis, images: torch.Tensor, shape: tuple[int, int]) -> dict[str, torch.Tensor]:
+def error_images(analysis: Analysis, images: np.ndarray, shape: tuple[int, int]) -> dict[str, np.ndarray]:
     """The test images the report shows for one run (every misclassified one and the top losses) as uint8,
-    with their indices: what a run folder keeps so that its report needs no data set."""
+    with their indices: what a run folder keeps so that its report needs no data set. `images` are the
+    test images as floats in [0, 1], (n, pixels)."""
     indices = sorted({m.index for m in analysis.misclassified} | {t.index for t in analysis.top_losses})
-    chosen = images[indices].reshape(len(indices), *shape)
-    return {"indices": torch.tensor(indices, dtype=torch.int64), "images": (chosen * 255).round().to(torch.uint8)}
+    chosen = np.asarray(images)[indices].reshape(len(indices), *shape)
+    return {"indices": np.asarray(indices, dtype=np.int64), "images": np.round(chosen * 255).astype(np.uint8)}

@@ -310,15 +310,13 @@ def sweep_curve(curve: SweepCurve, title: str) -> Figure:
             xs[curve.best], validation[curve.best][0], "*", color="k", markersize=14, label="best (validation loss)"
         )
         for index, value in enumerate(v for v in curve.lab if v in curve.x):
-            ax.axvline(xs[curve.x.index(value)], color="0.3", linestyle="--", linewidth=1,
-                       label="the lab's values" if index == 0 else None)  # fmt: skip
+            label = "the lab's values" if index == 0 else None
+            ax.axvline(xs[curve.x.index(value)], color="0.3", linestyle="--", linewidth=1, label=label)
         for region, indices in curve.regions.items():
             for i in indices:
-                left = (xs[i - 1] * xs[i]) ** 0.5 if log and i else (xs[i - 1] + xs[i]) / 2 if i else xs[i]
-                right = (xs[i] * xs[i + 1]) ** 0.5 if log and i + 1 < len(xs) else (
-                    (xs[i] + xs[i + 1]) / 2 if i + 1 < len(xs) else xs[i])  # fmt: skip
-                ax.axvspan(left, right, color=REGION_COLOURS[region], alpha=0.12, linewidth=0,
-                           label=region if i == indices[0] else None)  # fmt: skip
+                left, right = _between(xs, i - 1, i, log), _between(xs, i, i + 1, log)
+                label = region if i == indices[0] else None
+                ax.axvspan(left, right, color=REGION_COLOURS[region], alpha=0.12, linewidth=0, label=label)
         if all(b[0] > 0 for b in (*train, *validation)):
             ax.set_yscale("log")
         if log:
@@ -330,6 +328,15 @@ def sweep_curve(curve: SweepCurve, title: str) -> Figure:
         ax.legend(fontsize=7)
     fig.suptitle(title)
     return fig
+
+
+def _between(xs: np.ndarray, a: int, b: int, log: bool) -> float:
+    """Halfway between points a and b of the axis (in the logarithm on a log axis); at the ends, the end."""
+    if a < 0:
+        return xs[b]
+    if b >= len(xs):
+        return xs[a]
+    return (xs[a] * xs[b]) ** 0.5 if log else (xs[a] + xs[b]) / 2
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mnistlab.spec import Architecture, Hyperparameters
+from mnistlab.spec import Architecture, Hyperparameters, StepWork
 
 EVAL_ELEMENTS = 1 << 22  # floats of activations per evaluation chunk (16 MB)
 
@@ -44,29 +44,10 @@ class Regularization:
             label_smoothing=torch.tensor([m.label_smoothing for m in members], dtype=torch.float32, device=device),
         )
 
-    def smoothing(self) -> bool:
-        """Whether any member smooths its labels: a compiled step without it keeps the plain targets."""
-        return bool(self.label_smoothing.any())
-
-    def penalties(self) -> "Penalties":
-        return Penalties(l1=bool(self.l1.any()), l2=bool(self.l2.any()))
-
     def dropout_members(self) -> tuple[tuple[int, ...], ...]:
         """Per layer, the members that drop out before it: only they draw dropout masks."""
         rates = self.dropout.cpu()
         return tuple(tuple(torch.nonzero(rates[:, layer]).flatten().tolist()) for layer in range(rates.shape[1]))
-
-
-@dataclass(frozen=True)
-class Penalties:
-    """Which kernel penalties any member of a stack has: a compiled step leaves out the terms none has."""
-
-    l1: bool
-    l2: bool
-
-    @property
-    def any(self) -> bool:
-        return self.l1 or self.l2
 
 
 def layers(params: torch.Tensor, arch: Architecture) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -128,6 +109,13 @@ def logits(params: torch.Tensor, arch: Architecture, x: torch.Tensor) -> torch.T
     return h
 
 
+@torch.no_grad()
+def probabilities(params: torch.Tensor, arch: Architecture, x: torch.Tensor, chunk: int = 10_000) -> torch.Tensor:
+    """(n, classes) softmax probabilities of one model of flat (P,) parameters, dropout off, in chunks."""
+    parts = [logits(params.view(1, -1), arch, x[i : i + chunk])[0] for i in range(0, len(x), chunk)]
+    return torch.softmax(torch.cat(parts), dim=1)
+
+
 def flat(per_layer) -> torch.Tensor:
     """(M, P) flat parameters (or gradients) from per-layer (kernel, bias) pairs, the inverse of `layers`."""
     return torch.cat([tensor.flatten(1) for pair in per_layer for tensor in pair], dim=1)
@@ -139,26 +127,25 @@ def penalty(weights, reg: Regularization) -> torch.Tensor:
     for kernel, _ in weights:
         per_weight = reg.l1.view(-1, 1, 1) * kernel.abs() + reg.l2.view(-1, 1, 1) * kernel.square()
         # Row sums first: a reduction over each kernel row walks the kernel as Adam's update does, so the
-        # compiler computes it inside that pass. Summed over (1, 2) at once, it became a parallel region
-        # per member and layer with a pass of its own, 27% of a step of the study's stack on 2 threads.
+        # compiler computes it inside that pass; summed over (1, 2) at once, it took a pass of its own.
         total = total + per_weight.sum(2).sum(1)
     return total
 
 
-def add_penalty_grad(kernel: torch.Tensor, grad: torch.Tensor, reg: Regularization, penalties: Penalties):
+def add_penalty_grad(kernel: torch.Tensor, grad: torch.Tensor, reg: Regularization, work: StepWork):
     """A kernel's gradient with its L1/L2 penalty's added; terms that no member has are skipped."""
-    if penalties.l1:
+    if work.l1:
         grad = grad + reg.l1.view(-1, 1, 1) * torch.sign(kernel)
-    if penalties.l2:
+    if work.l2:
         grad = grad + 2 * reg.l2.view(-1, 1, 1) * kernel
     return grad
 
 
-def mean_grads(weights, reg: Regularization, grads, rows: int, penalties: Penalties):
+def mean_grads(weights, reg: Regularization, grads, rows: int, work: StepWork):
     """Per layer, the (kernel, bias) gradient of a batch's mean loss, penalty included, from
     `batch_grads`' sums over its `rows` rows."""
     return [
-        (add_penalty_grad(kernel, grad_kernel / rows, reg, penalties), grad_bias / rows)
+        (add_penalty_grad(kernel, grad_kernel / rows, reg, work), grad_bias / rows)
         for (kernel, _), (grad_kernel, grad_bias) in zip(weights, grads, strict=True)
     ]
 
@@ -232,9 +219,9 @@ def keep_bits(keys: torch.Tensor, step: torch.Tensor, layer: int, num_layers: in
     A mask is drawn for every activation a member drops (38k per batch-32 step of the dropout model, 60M
     per full batch), so these are cheap 32-bit hashes: two lowbias32 rounds of the position, keyed by
     the two halves of one SplitMix64 per member, step and layer. AVX2 has no 64-bit multiply (at::vec
-    multiplies int64 lane by lane), so SplitMix64 per position made the dropout model's batch-32 step
-    1.40x the powerful model's on an AMD EPYC, where this makes it 1.30x, and a full batch 18% faster.
-    Within one stream, positions never collide (each round is a bijection). Rows count from `first_row`.
+    multiplies int64 lane by lane), so a SplitMix64 per position made the dropout step markedly slower
+    (benchmarks/README.md). Within one stream, positions never collide (each round is a bijection).
+    Rows count from `first_row`.
     """
     rows, cols = shape
     stream = _splitmix64(keys, ((step * num_layers + layer) << 32)).view(-1, 1, 1)

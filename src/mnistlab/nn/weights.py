@@ -11,7 +11,7 @@ from safetensors.torch import save as safetensors_bytes
 from mnistlab.errors import MnistlabError
 from mnistlab.files import regular_file, write_atomic
 from mnistlab.nn.mlp import layers
-from mnistlab.spec import ACTIVATIONS, Architecture
+from mnistlab.spec import Architecture
 
 
 def save(path: Path, params: torch.Tensor, arch: Architecture, extra: dict | None = None) -> None:
@@ -44,7 +44,7 @@ def load(path: Path) -> tuple[torch.Tensor, Architecture]:
         if not regular_file(path):
             raise OSError("not a regular file")
         with safe_open(path, framework="pt") as f:
-            arch = architecture(json.loads(f.metadata()["architecture"]))
+            arch = Architecture.from_dict(json.loads(f.metadata()["architecture"]))
             expected = _expected_shapes(arch)
             if set(f.keys()) != set(expected):
                 raise ValueError(f"tensors {sorted(f.keys())}, where the architecture has {sorted(expected)}")
@@ -59,25 +59,6 @@ def load(path: Path) -> tuple[torch.Tensor, Architecture]:
         if not torch.isfinite(tensor).all():
             raise MnistlabError(f"{path}: {name} holds values that are not finite numbers (NaN or infinity)")
     return torch.cat([tensors[name].flatten() for name in expected]), arch
-
-
-def architecture(spec: dict) -> Architecture:
-    """An Architecture from its JSON description (`dataclasses.asdict`), checked to be one mnistlab builds;
-    ValueError otherwise."""
-    if not isinstance(spec, dict):
-        raise ValueError("the architecture is not a JSON object")
-    hidden, crop = spec["hidden"], spec.get("crop", 0)
-    numbers = [spec["inputs"], spec["classes"], crop, *(hidden if isinstance(hidden, list) else [None])]
-    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
-        raise ValueError("widths must be whole numbers")
-    if spec["activation"] not in ACTIVATIONS:
-        raise ValueError(f"activation {spec['activation']!r}; mnistlab's models use {', '.join(ACTIVATIONS)}")
-    arch = Architecture(spec["inputs"], tuple(hidden), spec["classes"], spec["activation"], crop)
-    if arch.inputs < 1 or arch.classes < 2 or not all(hidden) or not 0 < len(hidden) <= 100:
-        raise ValueError(f"no model of {arch.inputs} inputs, hidden layers {list(hidden)} and {arch.classes} classes")
-    if crop and (arch.side**2 != arch.inputs or arch.window < 1):
-        raise ValueError(f"crop {crop} leaves nothing of {arch.inputs} pixels")
-    return arch
 
 
 def _expected_shapes(arch: Architecture) -> dict[str, tuple[int, ...]]:

@@ -6,8 +6,8 @@ over seeds, and the test digits each gets wrong in every seed, both, or only one
 """
 
 from mnistlab.evaluation.statistics import Summary, summarise
+from mnistlab.reporting.digits import SeedErrors
 from mnistlab.reporting.document import Heading, Paragraph, Table
-from mnistlab.reporting.errors import SeedErrors
 from mnistlab.reporting.experiments import ExperimentRuns
 from mnistlab.reporting.findings import cell
 
@@ -39,7 +39,7 @@ def section(pairs: list[tuple[ExperimentRuns, SeedErrors]]) -> list:
                 "test error",
                 f"test errors (of {lab.split_sizes['test']:,})",
                 "validation error",
-            ],  # fmt: skip
+            ],
             [_row(lab), _row(best)],
         ),
         Paragraph(
@@ -84,23 +84,22 @@ def _row(experiment: ExperimentRuns) -> list[str]:
 
 
 def _recipe(experiment: ExperimentRuns) -> str:
-    """The config's recipe in words, from the run folder's resolved config."""
+    """The run's recipe in words, from its typed experiment."""
     folder = experiment.runs[0].folder
-    config, (_, arch) = folder.read_config(), folder.read_weights()
-    train = config["train"]
+    spec, arch = folder.read_experiment(), folder.read_architecture()
+    h = spec.hyperparameters
     parts = [
         f"Dense layers of {', '.join(map(str, arch.hidden))} units on the central {arch.window}x{arch.window} pixels",
-        f"{train['epochs']} epochs at batch {train['batch_size']}, learning rate {train['learning_rate']:g} "
-        f"({train['schedule']} schedule, {train['warmup_epochs']} warm-up epochs)",
+        f"{h.epochs} epochs at batch {spec.batch_size or 'full'}, learning rate {h.learning_rate:g} "
+        f"({h.schedule} schedule, {h.warmup_epochs} warm-up epochs)",
     ]
-    if train["label_smoothing"]:
-        parts.append(f"label smoothing {train['label_smoothing']:g}")
-    if train["ema"]:
-        parts.append(f"a moving average of the weights (decay {train['ema']:g})")
-    if distortion := config.get("augmentation"):
+    if h.label_smoothing:
+        parts.append(f"label smoothing {h.label_smoothing:g}")
+    if h.ema:
+        parts.append(f"a moving average of the weights (decay {h.ema:g})")
+    if a := h.augmentation:
         parts.append(
-            f"every training image distorted afresh at every step (rotation ±{distortion['rotation']:g}°, scale "
-            f"±{distortion['scale']:g}, shear ±{distortion['shear']:g}, shift ±{distortion['translation']:g} px, "
-            f"elastic ±{distortion['elastic']:g} px)"
+            f"every training image distorted afresh at every step (rotation ±{a.rotation:g}°, scale ±{a.scale:g}, "
+            f"shear ±{a.shear:g}, shift ±{a.translation:g} px, elastic ±{a.elastic:g} px)"
         )
     return "; ".join(parts)

@@ -1,6 +1,6 @@
 """The study report: one self-contained HTML file, and a Markdown twin, over any set of run folders.
 
-It sets every number beside the lab report's published one (`reference.toml`), says where the
+It sets every number beside the lab report's published one (`spec/lab.toml`), says where the
 report's text contradicts its numbers, reads bias and variance off each run, tells real differences
 from seed noise when runs have several seeds, and shows each run's figures and error analysis.
 
@@ -17,7 +17,7 @@ from mnistlab.errors import MnistlabError
 from mnistlab.evaluation import figures
 from mnistlab.evaluation.statistics import PAIRED, summarise
 from mnistlab.files import check_output, is_ours, write_atomic
-from mnistlab.reporting import beyond, errors, lab, sweeps
+from mnistlab.reporting import beyond, digits, lab, sweep_section
 from mnistlab.reporting.document import (
     Bullets,
     Flagged,
@@ -31,6 +31,7 @@ from mnistlab.reporting.document import (
 )
 from mnistlab.reporting.experiments import ExperimentRuns, discover, split_labels
 from mnistlab.reporting.findings import MIN_SEEDS, SIGNIFICANCE, cell, pairs, verdict
+from mnistlab.spec import config
 from mnistlab.study.folder import RunFolder
 from mnistlab.version import __version__
 
@@ -120,7 +121,7 @@ def _significance_blocks(experiments: list[ExperimentRuns]) -> list:
     return blocks
 
 
-def _run_blocks(experiment: ExperimentRuns, seed_errors: errors.SeedErrors) -> list:
+def _run_blocks(experiment: ExperimentRuns, seed_errors: digits.SeedErrors) -> list:
     first = experiment.runs[0]
     folder = first.folder
     analysis = first.analysis()
@@ -158,8 +159,8 @@ def _run_blocks(experiment: ExperimentRuns, seed_errors: errors.SeedErrors) -> l
             ],
         ),
         Image(folder.file(RunFolder.CONFUSION), f"{name}: normalised confusion matrix"),
-        *errors.confusion(seed_errors),
-        errors.top_losses(seed_errors),
+        *digits.confusion(seed_errors),
+        digits.top_losses(seed_errors),
         Preformatted(folder.read_summary()),
     ]
 
@@ -178,7 +179,7 @@ def build(paths: list[Path], out: Path) -> tuple[Path, Path]:
     written, then a MnistlabError says how many were left out.
     """
     problems: list[str] = []
-    swept = [Path(p) for p in paths if sweeps.is_sweep(Path(p))]
+    swept = [Path(p) for p in paths if sweep_section.is_sweep(Path(p))]
     experiments = discover([p for p in paths if Path(p) not in swept], problems)
     for problem in problems:
         warnings.warn(problem, stacklevel=2)
@@ -194,7 +195,7 @@ def build(paths: list[Path], out: Path) -> tuple[Path, Path]:
             raise MnistlabError(f"{path}: exists and is not a report of mnistlab's; choose another --out")
     blocks = _experiment_blocks(experiments, chart) if experiments else [Heading(1, "mnistlab report")]
     for folder, curve in zip(swept, curves, strict=True):
-        blocks += sweeps.section(folder, curve)
+        blocks += sweep_section.section(folder, curve)
     write_atomic(html, to_html(blocks))
     write_atomic(md, to_markdown(blocks, md.parent))
     if problems:
@@ -209,7 +210,7 @@ def _one_data_set(experiments: list[ExperimentRuns], swept: list[Path]) -> None:
     for e in experiments:
         where.setdefault(e.runs[0].metrics.dataset, []).append(e.label)
     for folder in swept:
-        for dataset in sweeps.datasets(folder):
+        for dataset in sweep_section.datasets(folder):
             where.setdefault(dataset, []).append(folder.name)
     if len(where) > 1:
         listed = "; ".join(
@@ -230,7 +231,7 @@ def report_paths(out: Path) -> tuple[Path, Path]:
 
 def _experiment_blocks(experiments: list[ExperimentRuns], chart: Path) -> list:
     on_mnist = all(e.runs[0].metrics.dataset == "mnist" for e in experiments)
-    reference = lab.load_reference() if on_mnist else {}
+    reference = config.lab_report() if on_mnist else {}
     comparable = {e.label: reference.get(e.name) and lab.protocol_difference(e) is None for e in experiments}
     drawn = figures.accuracy_comparison(
         [
@@ -273,8 +274,8 @@ def _experiment_blocks(experiments: list[ExperimentRuns], chart: Path) -> list:
         readings.append(f"{e.label}: {reading}")
     blocks += [Heading(2, "Bias and variance"), Bullets(readings)]
     blocks += _significance_blocks(experiments)
-    seed_errors = [errors.SeedErrors(e.label, e.runs) for e in experiments]
-    blocks += errors.across_seeds(seed_errors, {e.label: e.stat("test", "accuracy").mean for e in experiments})
+    seed_errors = [digits.SeedErrors(e.label, e.runs) for e in experiments]
+    blocks += digits.across_seeds(seed_errors, {e.label: e.stat("test", "accuracy").mean for e in experiments})
     blocks += beyond.section(list(zip(experiments, seed_errors, strict=True)))
     blocks.append(Heading(2, "Runs"))
     for e, found in zip(experiments, seed_errors, strict=True):

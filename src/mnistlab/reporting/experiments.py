@@ -8,20 +8,8 @@ from mnistlab.data import SPLITS, size_label
 from mnistlab.errors import MnistlabError
 from mnistlab.evaluation.statistics import Summary, summarise
 from mnistlab.records import Score
+from mnistlab.spec import config
 from mnistlab.study.folder import Run, RunFolder
-
-# The lab report's order of sections, for the order of runs in ours.
-REPORT_ORDER = (
-    "provided",
-    "powerful",
-    "l2",
-    "l2-strong",
-    "l1",
-    "dropout",
-    "early-stopping",
-    "final",
-    "final-as-written",
-)
 
 
 @dataclass
@@ -71,7 +59,7 @@ def discover(paths: list[Path], problems: list[str] | None = None) -> list[Exper
             if problems is None:
                 raise
             problems.append(str(exc))
-    order = {name: i for i, name in enumerate(REPORT_ORDER)}
+    order = {name: i for i, name in enumerate(config.study_presets())}  # the lab report's order
     found.sort(key=lambda e: (order.get(e.name, len(order)), e.name, str(e.folder.path)))
     names = [e.name for e in found]
     for e in found:

@@ -1,8 +1,6 @@
-"""Beside the lab report: each run's numbers set beside the published ones (`reference.toml`), where the
+"""Beside the lab report: each run's numbers set beside the published ones (`spec/lab.toml`), where the
 run followed the lab's protocol for its preset, and the report's text where it contradicts its numbers."""
 
-import tomllib
-from importlib import resources
 from pathlib import Path
 
 from mnistlab.data import SPLITS
@@ -10,10 +8,6 @@ from mnistlab.reporting.document import Bullets, Flagged, Heading, Image, Paragr
 from mnistlab.reporting.experiments import ExperimentRuns, split_labels
 from mnistlab.reporting.findings import MIN_SEEDS, compare, percent
 from mnistlab.spec import config
-
-
-def load_reference() -> dict:
-    return tomllib.loads((resources.files("mnistlab.reporting") / "reference.toml").read_text())
 
 
 def section(experiments: list[ExperimentRuns], reference: dict, chart: Path) -> list:

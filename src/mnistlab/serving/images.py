@@ -116,10 +116,3 @@ def to_mnist(grey: np.ndarray) -> Prepared:
 
 def _border(image: np.ndarray) -> np.ndarray:
     return np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
-
-
-def naive(grey: np.ndarray) -> np.ndarray:
-    """What a demo that skips MNIST's making does: resize the whole picture to 28x28. For comparison only."""
-    image = Image.fromarray((grey * 255).astype(np.uint8)).resize((FRAME, FRAME), Image.Resampling.BILINEAR)
-    pixels = np.asarray(image, dtype=np.float32) / 255.0
-    return 1.0 - pixels if np.median(pixels) > 0.5 else pixels

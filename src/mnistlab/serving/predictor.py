@@ -6,7 +6,6 @@ import torch
 
 from mnistlab.errors import MnistlabError
 from mnistlab.files import parse_json, read_limited
-from mnistlab.nn import weights
 from mnistlab.nn.mlp import logits
 from mnistlab.serving.prediction import Reader
 from mnistlab.spec import Architecture
@@ -46,7 +45,7 @@ def _load(folder: RunFolder) -> tuple[torch.Tensor, Architecture, list[str], flo
     described = folder.file(RunFolder.MODEL)
     try:
         model = parse_json(read_limited(described, 1 << 20))
-        declared = weights.architecture(model["architecture"])
+        declared = Architecture.from_dict(model["architecture"])
         classes = [str(c) for c in model["classes"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise MnistlabError(f"{described}: not a model description written by mnistlab ({exc!r})") from None

@@ -10,6 +10,7 @@ from mnistlab.spec.experiment import (
     EarlyStopping,
     Experiment,
     Hyperparameters,
+    StepWork,
     leaders,
 )
 
@@ -22,5 +23,6 @@ __all__ = [
     "EarlyStopping",
     "Experiment",
     "Hyperparameters",
+    "StepWork",
     "leaders",
 ]

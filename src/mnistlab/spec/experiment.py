@@ -56,6 +56,27 @@ class Architecture:
     def num_params(self) -> int:
         return sum(n_in * n_out + n_out for n_in, n_out in self.shapes)
 
+    @classmethod
+    def from_dict(cls, found: dict) -> "Architecture":
+        """An architecture from its JSON description (`dataclasses.asdict`), checked to be one mnistlab
+        builds; ValueError (or KeyError, TypeError) otherwise."""
+        if not isinstance(found, dict):
+            raise ValueError("the architecture is not a JSON object")
+        hidden, crop = found["hidden"], found.get("crop", 0)
+        numbers = [found["inputs"], found["classes"], crop, *(hidden if isinstance(hidden, list) else [None])]
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
+            raise ValueError("widths must be whole numbers")
+        if found["activation"] not in ACTIVATIONS:
+            raise ValueError(f"activation {found['activation']!r}; mnistlab's models use {', '.join(ACTIVATIONS)}")
+        arch = cls(found["inputs"], tuple(hidden), found["classes"], found["activation"], crop)
+        if arch.inputs < 1 or arch.classes < 2 or not all(hidden) or not 0 < len(hidden) <= 100:
+            raise ValueError(
+                f"no model of {arch.inputs} inputs, hidden layers {list(hidden)} and {arch.classes} classes"
+            )
+        if crop and (arch.side**2 != arch.inputs or arch.window < 1):
+            raise ValueError(f"crop {crop} leaves nothing of {arch.inputs} pixels")
+        return arch
+
 
 @dataclass(frozen=True)
 class EarlyStopping:
@@ -111,6 +132,39 @@ class Hyperparameters:
             and self.schedule == "constant"
             and replace(self, epochs=other.epochs, early_stopping=None) == other
         )
+
+
+@dataclass(frozen=True, order=True)
+class StepWork:
+    """The optional work of a training step: what any member of its stack asks of it. This one
+    description, derived from the members, is the key a plan stacks runs by (a step pays for what any
+    member asks, so runs of the same work stack together), the flags bound into the step, and so the
+    key of the compiled step: what no member asks for is left out, and the lab's presets train exactly
+    as they did before any of it existed. A new hyperparameter that changes the step is a field here."""
+
+    dropout: bool = False  # masks before some Dense layer
+    l1: bool = False  # kernel penalties
+    l2: bool = False
+    label_smoothing: bool = False
+    ema: bool = False  # a moving average of the weights
+    augmentation: bool = False  # distorted training images
+    elastic: bool = False  # ... with a smooth random displacement field
+
+    @classmethod
+    def of(cls, members: Sequence[Hyperparameters]) -> "StepWork":
+        return cls(
+            dropout=any(m.dropout or m.input_dropout for m in members),
+            l1=any(m.l1 for m in members),
+            l2=any(m.l2 for m in members),
+            label_smoothing=any(m.label_smoothing for m in members),
+            ema=any(m.ema for m in members),
+            augmentation=any(m.augmentation is not None for m in members),
+            elastic=any(m.augmentation is not None and m.augmentation.elastic > 0 for m in members),
+        )
+
+    @property
+    def penalty(self) -> bool:
+        return self.l1 or self.l2
 
 
 def leaders(members: Sequence[Hyperparameters], keys: Sequence | None = None) -> list[int]:

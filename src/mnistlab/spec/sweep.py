@@ -115,11 +115,7 @@ class Sweep:
         equal values (0.00001 and 1e-5 are one number) are one point: each trains once."""
         if self.search.method == "grid":
             combos = product(*(axis.values for axis in self.axes))
-            points = [
-                Point(tuple(pair for axis, values in zip(self.axes, combo, strict=True)
-                            for pair in zip(axis.keys, values, strict=True)))
-                for combo in combos
-            ]  # fmt: skip
+            points = [Point(_settings(self.axes, combo)) for combo in combos]
         elif self.search.method == "random":
             import numpy as np  # a spec stays light: numpy only when drawing
 
@@ -133,6 +129,11 @@ class Sweep:
     def size(self) -> int:
         """Points of the grid, or trials of a search."""
         return self.search.trials if self.search.method != "grid" else math.prod(len(a.values) for a in self.axes)
+
+
+def _settings(axes: tuple[Axis, ...], combo: tuple) -> tuple[tuple[str, object], ...]:
+    """(key, value) pairs of a grid point: each axis's keys with the values of its entry in `combo`."""
+    return tuple(pair for axis, values in zip(axes, combo, strict=True) for pair in zip(axis.keys, values, strict=True))
 
 
 def unique(points: list[Point]) -> list[Point]:

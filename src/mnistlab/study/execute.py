@@ -14,10 +14,9 @@ import torch
 
 from mnistlab import data
 from mnistlab.errors import MnistlabError
-from mnistlab.spec import leaders
 from mnistlab.study.executors import StackOutcome, StackTask, executor
 from mnistlab.study.folder import RunFolder
-from mnistlab.study.plan import PlannedRun, stacks, twins
+from mnistlab.study.plan import PlannedRun, Stack, stacks, twins
 from mnistlab.study.progress import PlanProgress
 from mnistlab.study.write import write_aggregate, write_run
 from mnistlab.train.calibration import Calibration
@@ -57,19 +56,21 @@ def execute(
     tuned = placement.tuned
     unique = [same[0] for same in served.values()]
     workers = placement.workers or tuned.workers
+    plan = stacks(unique, tuned.stack_rows, workers)
     if not placement.cluster:
         # No more local workers than stacks: a plan of one stack trains in this process, on every core
         # that pays for a stack alone, rather than in one single-threaded worker beside an idle one.
-        workers = min(workers, len(stacks(unique, tuned.stack_rows, workers)))
+        workers = min(workers, len(plan))
     with executor(placement.cluster, workers, progress, log, tuned.threads_alone) as where:
-        plan = stacks(unique, tuned.stack_rows, where.workers)
+        if where.workers != workers:  # a cluster of another size, or no Dask to give the workers
+            plan = stacks(unique, tuned.stack_rows, where.workers)
         datasets = _datasets(plan, data_dir, identify, progress)
         threads, token = where.threads(len(plan)), secrets.token_hex(8)
         tasks = [
             _task(key, token, stack, datasets[_source(stack)], placement, threads) for key, stack in enumerate(plan)
         ]
         for stack in plan:
-            log(_describe(stack))
+            log(stack.describe())
         planned = {task.key: 2 * sum(member.epochs for member in task.members) for task in tasks}
         bar = PlanProgress(planned, len(runs), progress)
         writer = _Writer(runs, served, bar.around(log))
@@ -83,7 +84,7 @@ def execute(
         raise MnistlabError(f"{writer.diverged[0]}{more}; nothing was written for it: lower train.learning_rate")
 
 
-def _datasets(plan: list[list[PlannedRun]], data_dir: Path | None, identify: bool, progress: bool) -> dict:
+def _datasets(plan: list[Stack], data_dir: Path | None, identify: bool, progress: bool) -> dict:
     """Each data set the plan's stacks train on, loaded once: (name, validation size) -> Dataset."""
     datasets = {}
     for stack in plan:
@@ -107,9 +108,9 @@ class _Writer:
                 self.unwritten.setdefault(RunFolder(run.folder.path.parent), set()).add(run.folder)
         self.diverged: list[str] = []
 
-    def write(self, stack: list[PlannedRun], task: StackTask, outcome: StackOutcome, dataset: data.Dataset) -> int:
+    def write(self, stack: Stack, task: StackTask, outcome: StackOutcome, dataset: data.Dataset) -> int:
         """Every run the stack trained for; returns how many were written."""
-        size, written = len(_rows(stack)), 0
+        size, written = len(stack.rows), 0
         for trained, result in zip(stack, outcome.results, strict=True):
             served = self.served[trained.experiment.training_key()]
             if result.diverged:
@@ -129,14 +130,12 @@ class _Writer:
         return written
 
 
-def _source(stack: list[PlannedRun]) -> tuple[str, int]:
+def _source(stack: Stack) -> tuple[str, int]:
     return stack[0].experiment.dataset, stack[0].experiment.validation_size
 
 
-def _task(
-    key: int, token: str, stack: list[PlannedRun], dataset: data.Dataset, placement: Placement, threads: int
-) -> StackTask:
-    first, rows = stack[0].experiment, len(_rows(stack))
+def _task(key: int, token: str, stack: Stack, dataset: data.Dataset, placement: Placement, threads: int) -> StackTask:
+    first, rows = stack[0].experiment, len(stack.rows)
     return StackTask(
         key=key,
         plan=token,
@@ -150,24 +149,6 @@ def _task(
         threads=threads,
         label=first.name if rows == 1 else f"{rows} models",
     )
-
-
-def _rows(stack: list[PlannedRun]) -> list[PlannedRun]:
-    """The runs of a stack that train a row of their own: the others ride one (`spec.leaders`)."""
-    leader = leaders([r.experiment.hyperparameters for r in stack])
-    return [run for index, run in enumerate(stack) if leader[index] == index]
-
-
-def _describe(stack: list[PlannedRun]) -> str:
-    """What a stack trains: its rows, and the runs that ride them."""
-    rows = _rows(stack)
-    leader = leaders([r.experiment.hyperparameters for r in stack])
-    riders = [
-        f"; {run.name} as the first epochs of {stack[leader[index]].name}"
-        for index, run in enumerate(stack)
-        if leader[index] != index
-    ]
-    return f"training {len(rows)} in lockstep: {_names(rows)}{''.join(riders)}"
 
 
 def _names(runs: list[PlannedRun]) -> str:

@@ -34,6 +34,7 @@ from mnistlab.spec import Architecture, Hyperparameters
 from mnistlab.study.progress import TOPIC
 from mnistlab.train import calibration
 from mnistlab.train.engine import Engine, flush_denormals
+from mnistlab.train.hardware import cores, machine
 from mnistlab.train.progress import ProgressBars, Report
 from mnistlab.train.protocol import train_protocol
 
@@ -44,6 +45,8 @@ Trained = tuple["StackTask", "StackOutcome"]
 
 def unheard(key: int, done: int, planned: int) -> None:
     """A plan's progress that nobody follows."""
+
+
 CONNECT_SECONDS = 10
 RESENDS = 3  # times the driver sends a data set again after the cluster lost every copy
 
@@ -107,7 +110,7 @@ def train_stack(
             )
         finally:
             torch.set_num_threads(was)
-    return StackOutcome(results, engine, task.threads, platform.node(), calibration.machine(engine.device)["model"])
+    return StackOutcome(results, engine, task.threads, platform.node(), machine(engine.device)["model"])
 
 
 @contextlib.contextmanager
@@ -115,9 +118,8 @@ def _without_worker_profiler() -> Iterator[None]:
     """Pause a Dask worker's statistical profiler while it trains a stack.
 
     Every 10 ms it samples the Python stack of each running task, holding the GIL; the training loop
-    calls a compiled step every 1-3 ms, and lost about 10% of its speed to it: one single-threaded Dask
-    worker trained a plan of two stacks of three final models in 59-63 s with it, 55-56 s without (AMD
-    EPYC). Outside a worker, or with profiling off, nothing to do."""
+    calls a compiled step every 1-3 ms, and lost about a tenth of its speed to it (benchmarks/README.md,
+    "What the code's comments measured"). Outside a worker, or with profiling off, nothing to do."""
     worker = _worker()
     sampling = worker and worker.periodic_callbacks.get("profile")
     if sampling is None:
@@ -140,23 +142,27 @@ def _worker():
         return None
 
 
+# glibc's mallopt parameters (malloc.h) and the values mnistlab gives them in a Dask worker.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+LARGE_TRIM, LARGEST_MMAP = 64 << 20, 32 << 20  # glibc's largest mmap threshold is 32 MB
+
+
 def _undo_malloc_trim() -> None:
-    """Give glibc back its own heap policy in a Dask worker.
+    """Give glibc back its own heap policy in a Dask worker (and only there).
 
     Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, so that they return freed memory to
     the system. Setting it also turns off glibc's adaptive mmap threshold: every buffer the compiled
-    step allocates is then a fresh mmap, page-faulted in and unmapped again, and a stack of three final
-    models trained at half speed (4.3 s per epoch against 2.2 on the AMD EPYC). Large thresholds for
-    both keep those buffers on the heap."""
-    if "MALLOC_TRIM_THRESHOLD_" not in os.environ or not sys.platform.startswith("linux"):
+    step allocates is then a fresh mmap, page-faulted in and unmapped again, and training ran at half
+    speed (benchmarks/README.md, "What the code's comments measured"). Large thresholds for both keep
+    those buffers on the heap. The driver's and a user's own process are never touched."""
+    if _worker() is None or "MALLOC_TRIM_THRESHOLD_" not in os.environ or not sys.platform.startswith("linux"):
         return
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc
         return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest
-    libc.mallopt(m_trim_threshold, 64 << 20)
+    libc.mallopt(M_MMAP_THRESHOLD, LARGEST_MMAP)
+    libc.mallopt(M_TRIM_THRESHOLD, LARGE_TRIM)
 
 
 _UNPACKED: dict[str, Dataset] = {}  # per worker process: its data sets, by checksum
@@ -176,12 +182,12 @@ class InProcess:
 
     def __init__(self, progress: bool = False, threads_alone: int | None = None):
         self.progress = progress
-        self.threads_alone = threads_alone or calibration.cores()
+        self.threads_alone = threads_alone or cores()
 
     def threads(self, stacks: int) -> int:
         """Threads per stack: every core, or what suits a stack alone (the calibration's `threads_alone`)
         when the plan is just one."""
-        return self.threads_alone if stacks == 1 else calibration.cores()
+        return self.threads_alone if stacks == 1 else cores()
 
     def run(self, tasks: list[StackTask], datasets: dict, report: PlanReport = unheard) -> Iterator[Trained]:
         for task in tasks:
@@ -196,9 +202,8 @@ class OnDask:
     The driver hands out one stack per worker thread and the next, in the plan's order, as each comes
     back: the largest first, each to the first worker free. Submitted all at once, the tasks (which
     depend on the scattered data, so Dask does not queue them) were assigned to workers up front and
-    ran in that order: in a one-seed study on two workers, the 143 s full-batch run waited behind a
-    34 s one on the worker that had finished first, while the other trained its last stack (677 s; the
-    greedy order would have ended about 50 s sooner)."""
+    ran in that order: a long stack could wait behind a short one on a worker that had finished first
+    (benchmarks/README.md, "What the code's comments measured")."""
 
     def __init__(self, client):
         self.client = client
@@ -211,16 +216,18 @@ class OnDask:
         """Threads per stack, however many the plan has: a worker's share of its machine's cores, its
         cores over the Dask threads of every worker there (`dask worker --nworkers 2 --nthreads 1` on 2
         cores: one each), the smallest share of the cluster as it is now. Every stack of a plan trains
-        with it, wherever it lands: a worker that decided when it trained, as it used to, took both
-        cores of an Intel Xeon for a stack it trained again after the other worker was killed, and the
-        matmuls' sums split differently."""
+        with it, wherever it lands: a worker that decided when it trained, as it used to, took every
+        core for a stack it trained again after the other worker was killed, and the matmuls' sums split
+        differently."""
         # Worker address -> its machine's cores; a worker that cannot answer (dying) is left out.
-        cores = self.client.run(calibration.cores, on_error="ignore")
+        machine_cores = self.client.run(cores, on_error="ignore")
         workers = self._workers()
         slots = collections.Counter()
         for worker in workers.values():
             slots[worker["host"]] += worker["nthreads"]
-        shares = [cores[address] // slots[w["host"]] for address, w in workers.items() if address in cores]
+        shares = [
+            machine_cores[address] // slots[w["host"]] for address, w in workers.items() if address in machine_cores
+        ]
         return max(1, min(shares, default=1))
 
     def _workers(self) -> dict[str, dict]:

@@ -22,18 +22,20 @@ needs none of what writing it does (figures, scikit-learn): a digit reader loads
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from safetensors import SafetensorError, safe_open
 
 from mnistlab.errors import MnistlabError
 from mnistlab.evaluation.analysis import Analysis
 from mnistlab.files import parse_json, parse_toml, read_limited, regular_file
-from mnistlab.nn import weights
 from mnistlab.records import History, Metrics
-from mnistlab.spec import Architecture
-from mnistlab.study import claim
+
+if TYPE_CHECKING:
+    import torch
+from mnistlab.spec import Architecture, Experiment
+from mnistlab.study import ownership
 
 TEXT_BYTES = 64 << 20  # of any text file of a run folder: analysis.json of a poor model is about 1 MB
 _SEED_NAME = re.compile(r"seed-(0|[1-9][0-9]{0,9})")
@@ -42,7 +44,7 @@ _SEED_NAME = re.compile(r"seed-(0|[1-9][0-9]{0,9})")
 class RunFolder:
     """A run folder, a multi-seed folder above seed-K run folders, or a folder of either (a study)."""
 
-    MARKER = claim.MARKER
+    MARKER = ownership.MARKER
     CONFIG = "config.toml"
     METRICS = "metrics.json"
     HISTORY = "history.csv"
@@ -101,7 +103,7 @@ class RunFolder:
         return Metrics.from_json(self._read_json(self.METRICS), str(self.file(self.METRICS)))
 
     def read_marker(self) -> dict | None:
-        return claim.read_marker(self.path)
+        return ownership.read_marker(self.path)
 
     def read_history(self) -> History:
         return History.from_csv(self._read_text(self.HISTORY), str(self.file(self.HISTORY)))
@@ -135,10 +137,28 @@ class RunFolder:
         except ValueError as exc:
             raise MnistlabError(f"{self.file(self.CONFIG)}: invalid TOML ({exc})") from None
 
+    def read_experiment(self) -> Experiment:
+        """The run's experiment, typed, from its resolved config.toml."""
+        from mnistlab.spec import config
+
+        try:
+            return config.load(str(self.file(self.CONFIG)))
+        except MnistlabError as exc:
+            raise MnistlabError(f"{self.file(self.CONFIG)}: not a config of mnistlab's ({exc})") from None
+
+    def read_architecture(self) -> Architecture:
+        """The model's architecture, from model.json."""
+        try:
+            return Architecture.from_dict(self._read_json(self.MODEL)["architecture"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MnistlabError(f"{self.file(self.MODEL)}: not a model description of mnistlab's ({exc})") from None
+
     def read_summary(self) -> str:
         return self._read_text(self.SUMMARY)
 
-    def read_weights(self) -> tuple[torch.Tensor, Architecture]:
+    def read_weights(self) -> tuple["torch.Tensor", Architecture]:
+        from mnistlab.nn import weights  # torch, only for the weights: reading the rest of a run needs none
+
         return weights.load(self.file(self.WEIGHTS))
 
     def _read_text(self, name: str) -> str:

@@ -6,11 +6,12 @@ data set, an architecture and a batch size (`Experiment.lockstep_key`) train tog
 of one stack: `stacks`.
 """
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from itertools import accumulate, pairwise
 
 from mnistlab.errors import ConfigError
-from mnistlab.spec import Experiment, Hyperparameters, leaders
+from mnistlab.spec import Experiment, StepWork, leaders
 from mnistlab.spec.config import MAX_SEED
 from mnistlab.study.folder import RunFolder
 
@@ -57,7 +58,42 @@ def twins(runs: list[PlannedRun]) -> dict[tuple, list[PlannedRun]]:
     return groups
 
 
-def stacks(runs: list[PlannedRun], rows: int, workers: int = 1) -> list[list[PlannedRun]]:
+@dataclass(eq=True)
+class Stack:
+    """Runs that train together, and for each the index of the run whose row of the stack it reads: its
+    own, or the row of the run whose first epochs its training is (`spec.leaders`)."""
+
+    runs: list[PlannedRun]
+    leaders: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.leaders = self.leaders or leaders([r.experiment.hyperparameters for r in self.runs])
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def __iter__(self):
+        return iter(self.runs)
+
+    def __getitem__(self, index: int) -> PlannedRun:
+        return self.runs[index]
+
+    @property
+    def rows(self) -> list[PlannedRun]:
+        """The runs that train a row of their own: the others ride one."""
+        return [run for index, run in enumerate(self.runs) if self.leaders[index] == index]
+
+    def describe(self) -> str:
+        """What the stack trains: its rows, and the runs that ride them."""
+        riders = [
+            f"; {run.name} as the first epochs of {self.runs[leader].name}"
+            for index, (run, leader) in enumerate(zip(self.runs, self.leaders, strict=True))
+            if leader != index
+        ]
+        return f"training {len(self.rows)} in lockstep: {', '.join(r.name for r in self.rows)}{''.join(riders)}"
+
+
+def stacks(runs: list[PlannedRun], rows: int, workers: int = 1) -> list[Stack]:
     """Runs grouped into lockstep stacks: same lockstep key, balanced sizes, by seed.
 
     A run whose training is the first epochs of another's (`spec.leaders`: the study's early-stopping
@@ -68,10 +104,8 @@ def stacks(runs: list[PlannedRun], rows: int, workers: int = 1) -> list[list[Pla
     early stack apart from those that train their whole budget: a stack trains until its last member is
     done, and a member that stopped is frozen, not removed, so it costs a step's share to the end (the
     study's early-stopping run, trained alone, stops at epoch 27 of 50).
-    Within a group, runs whose steps do the same extra work (dropout masks, penalties, ...) stack
-    together: a step pays for what any member asks of it, and on 2 AMD vCPUs a stack of the study's
-    powerful, l2, l1 and dropout models cost 0.86 ms per model and step where four of each alone cost
-    0.72, 0.74, 0.77 and 0.97 (with SplitMix64 masks; the 32-bit ones took a tenth off the dropout step).
+    Within a group, runs whose steps do the same extra work (`spec.StepWork`) stack together: a step
+    pays for what any member asks of it (benchmarks/README.md, "What the code's comments measured").
     The largest stacks come first: they are the ones to start early."""
     riders = _riders(runs)
     riding = {rider.folder for stack_riders in riders.values() for rider in stack_riders}
@@ -81,18 +115,16 @@ def stacks(runs: list[PlannedRun], rows: int, workers: int = 1) -> list[list[Pla
             groups.setdefault((run.experiment.lockstep_key(), _may_stop(run)), []).append(run)
     result = []
     for group in groups.values():
-        group.sort(key=lambda r: (step_extras(r.experiment.hyperparameters), r.experiment.seed))
+        group.sort(key=lambda r: (StepWork.of([r.experiment.hyperparameters]), r.experiment.seed))
         batch = group[0].experiment.batch_size
         limit = max(1, rows // batch) if batch else 1  # a full batch needs no stacking
-        count = max(-(-len(group) // limit), min(len(group), workers))
+        count = max(math.ceil(len(group) / limit), min(len(group), workers))
         small, larger = divmod(len(group), count)  # sizes differ by one at most: 25 in 7 is 4,4,4,4,3,3,3
         edges = accumulate((small + (i < larger) for i in range(count)), initial=0)
         result += [group[start:end] for start, end in pairwise(edges)]
     # Of two stacks with the same budget, the one that may stop early goes later: it likely costs less.
     result.sort(key=lambda stack: (cost(stack), not _may_stop(stack[0])), reverse=True)
-    for stack in result:
-        stack += [rider for run in stack for rider in riders.get(run.folder, [])]
-    return result
+    return [Stack([*stack, *(rider for run in stack for rider in riders.get(run.folder, []))]) for stack in result]
 
 
 def _riders(runs: list[PlannedRun]) -> dict[RunFolder, list[PlannedRun]]:
@@ -111,12 +143,6 @@ def _riders(runs: list[PlannedRun]) -> dict[RunFolder, list[PlannedRun]]:
 
 def _may_stop(run: PlannedRun) -> bool:
     return run.experiment.hyperparameters.early_stopping is not None
-
-
-def step_extras(h: Hyperparameters) -> tuple[bool, ...]:
-    """Which optional work a member asks of every step of its stack."""
-    dropout = bool(h.dropout or h.input_dropout)
-    return dropout, bool(h.l1), bool(h.l2), bool(h.label_smoothing), bool(h.ema), h.augmentation is not None
 
 
 def cost(stack: list[PlannedRun]) -> int:

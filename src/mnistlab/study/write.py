@@ -6,20 +6,21 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from safetensors.torch import save_file
+from safetensors.numpy import save_file
 
 from mnistlab.data import SPLITS, Dataset, size_label
 from mnistlab.errors import MnistlabError
 from mnistlab.evaluation import figures
-from mnistlab.evaluation.analysis import Analysis, analyse, error_images, predict
+from mnistlab.evaluation.analysis import Analysis, analyse, error_images
 from mnistlab.evaluation.statistics import summarise
 from mnistlab.files import json_text, temporary_sibling, write_atomic
 from mnistlab.nn import weights
+from mnistlab.nn.mlp import probabilities
 from mnistlab.nn.summary import summary
 from mnistlab.records import Fit, History, Metrics, RunResult
 from mnistlab.spec import Architecture, Experiment
 from mnistlab.spec.config import to_toml
-from mnistlab.study import claim
+from mnistlab.study import ownership
 from mnistlab.study.folder import Run, RunFolder
 
 
@@ -48,7 +49,7 @@ def _write_run(folder, experiment, result, arch, dataset, environment, stack_siz
     building.path.mkdir()
     try:
         config = to_toml(experiment)
-        building.file(RunFolder.MARKER).write_text(claim.marker("run", config))
+        building.file(RunFolder.MARKER).write_text(ownership.marker("run", config))
         building.file(RunFolder.CONFIG).write_text(config)
         building.file(RunFolder.HISTORY).write_text(History.of(result).to_csv())
         building.file(RunFolder.SUMMARY).write_text(summary(arch, experiment.hyperparameters))
@@ -84,9 +85,10 @@ def write_analysis(folder: RunFolder, result: RunResult, arch: Architecture, dat
     """The error analysis of the phase-2 model and the report's figures for one run."""
     test_x, test_y = dataset.split("test")
     sizes = dataset.split_sizes()
-    analysis = analyse(predict(result.weights.cpu(), arch, test_x), test_y, list(dataset.classes))
+    read = probabilities(result.weights.cpu(), arch, test_x).numpy()
+    analysis = analyse(read, test_y.numpy(), list(dataset.classes))
     folder.file(RunFolder.ANALYSIS).write_text(json_text(analysis.to_dict(), indent=1))
-    errors = error_images(analysis, test_x, dataset.image_shape)
+    errors = error_images(analysis, test_x.numpy(), dataset.image_shape)
     save_file(errors, folder.file(RunFolder.ERROR_IMAGES))
     figures.save(
         figures.validation_curves(
@@ -99,7 +101,7 @@ def write_analysis(folder: RunFolder, result: RunResult, arch: Architecture, dat
         folder.file(RunFolder.RETRAINING_CURVE),
     )
     grid = figures.misclassified_grid(
-        dict(zip(errors["indices"].tolist(), errors["images"].numpy(), strict=True)),
+        dict(zip(errors["indices"].tolist(), errors["images"], strict=True)),
         analysis.misclassified,
         analysis.classes,
         f"{title}: the first 9 misclassified test images",

@@ -1,28 +1,15 @@
 """How this machine wants to train, measured on it once and cached: stack size, worker processes and
 threads, and the smallest matmul worth running in bf16.
 
-None of these is a property of the code. On an AMD EPYC (2 vCPUs), one single-threaded process
-trains a stack of three final models 1.35 times as fast per core as one process of two threads, which
-suggests two processes; yet two such processes side by side each slowed to 0.55 of their speed alone,
-and one process of two threads won. So the calibration measures what it would decide between, as it
-would run: the real, compiled step of the final model on synthetic data, at a small and a large stack,
-in one process using every core and in one single-threaded process per core, side by side.
-
-Per model, a larger stack does not pay there. Stacks of the study's presets, in one process, took
-0.51-0.53 ms per model and step at 4 members, 0.33-0.41 at 6 and 0.49-0.53 at 16 measured one after
-another, and 0.58, 0.58, 0.59 and 0.62 at 4, 6, 8 and 16 taking turns (`benchmarks/stack_step.py`);
-probes at 4 and 16 alone chose 16, and the five-seed study's stacks of 15 then trained at 0.90-0.98 s
-per model-epoch against 0.68-0.77 in the one-seed study's stack of 6. So the large probe is 8 members
-(on the Intel machine a stack of 15 saved only 6% per model over one of 6), and the probe's stacks mix
-the study's regularisers (none, L2, L1, dropout) as the study's stacks do: there, mixed stacks cost
-about 25% more per model than plain ones.
-
-Between the two ways to use the cores, ties go to the worker processes. The probes' stacks of four and
-eight split evenly over two threads; a plan's stacks of one to three members do not. On 2 AMD EPYC
-vCPUs, probes of 0.326 ms per model-step both ways kept one process, and the one-seed study took 829 s
-there; calibrated again 20 minutes later, two workers took 564 s. Its stacks trained 1.00 and 1.19 (one
-member), 1.30 (three) and 1.41 (two) times as fast on two threads in one process as on one thread in a
-worker beside another, and 1.63 for the full batch.
+None of these is a property of the code, and none can be read off a single process: two
+single-threaded processes side by side can each run far slower than one alone. So the calibration
+measures what it would decide between, as it would run: the real, compiled step of the final model on
+synthetic data, at a small and a large stack, in one process using every core and in one
+single-threaded process per core, side by side. The large probe is 8 members, not more (larger stacks
+cost more per model on some CPUs), and the probes' stacks mix the study's regularisers as its stacks
+do. Between the two ways to use the cores, ties go to the worker processes: a plan's small stacks split
+less evenly over threads than the probes do. The measurements behind each choice are in
+benchmarks/README.md ("What the code's comments measured").
 
 The cache holds one file per machine (CPU or GPU model, core count, torch version) in the user cache;
 a CPU's model is its name, family, model number and stepping, and its vector instruction sets, since
@@ -38,7 +25,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -50,12 +36,10 @@ import torch
 from mnistlab.errors import MnistlabError
 from mnistlab.files import check_output, json_text, parse_json, read_limited, write_atomic
 from mnistlab.spec import Architecture, Hyperparameters
-from mnistlab.train.engine import Engine, bf16_hardware, cpu_info, flush_denormals
+from mnistlab.train.engine import EMULATED_BF16_MIN_MACS, Engine, flush_denormals
+from mnistlab.train.hardware import bf16_hardware, cores, machine
 
 ENV_VAR = "MNISTLAB_CALIBRATION"
-# The instructions that decide how fast a CPU multiplies matrices (oneDNN's kernels dispatch on them).
-VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
-NUMBERS = (("family", "cpu family"), ("model", "model"), ("stepping", "stepping"))  # /proc/cpuinfo's names
 FORMAT = 3  # 2: probes of mixed regularisers, up to 8 members on a CPU; 3: ties go to the workers
 PROBE_ARCH = Architecture(784, (128, 128, 64, 64, 32))  # the lab's final model, which most runs are
 PROBE_BATCH = 32
@@ -118,36 +102,10 @@ class Calibration:
         return "\n".join(lines)
 
 
-def machine(device: torch.device) -> dict:
-    """What a calibration is valid for. A CPU is named with its family, model and stepping and the vector
-    instruction sets it offers: under KVM an AMD EPYC of Zen 3 (no AVX-512) and one of Zen 4 (AVX-512 with
-    bf16) both call themselves "AMD EPYC", and a hypervisor may hide instructions of either."""
-    common = {"cores": cores(), "torch": torch.__version__}
-    if device.type == "cuda":
-        return {"device": "cuda", "model": torch.cuda.get_device_name(device), **common}
-    offered = set(cpu_info().get("flags", "").split())
-    isa = " ".join(flag for flag in VECTOR_FLAGS if flag in offered) or "none known"
-    return {"device": "cpu", "model": cpu_name(), "isa": isa, **common}
-
-
-def cores() -> int:
-    """The cores this process may run on (a container's limit, not the host's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def cpu_name() -> str:
-    """The CPU as figures are labelled with, e.g. "AMD EPYC family 25 model 17 stepping 1"."""
-    info = cpu_info()
-    if "model name" not in info:
-        return platform.processor() or platform.machine()
-    numbers = [f"{field} {info[key]}" for field, key in NUMBERS if key in info]
-    return " ".join([info["model name"], *numbers])
-
-
 def fixed(device: torch.device) -> Calibration:
     """Settings that measure nothing: this process, every core, 512-row stacks, bf16 for large layers."""
     rows = 8192 if device.type == "cuda" else 512
-    least = 0 if bf16_hardware(device) == "cuda" else 1 << 21
+    least = 0 if bf16_hardware(device) == "cuda" else EMULATED_BF16_MIN_MACS
     return Calibration(machine(device), 1, cores(), cores(), rows, least)
 
 
@@ -328,7 +286,7 @@ def _probe_main(connection, device_name: str, threads: int, sizes: tuple[int, ..
 
 def _compiled_stack(device: torch.device, members: int):
     """A warm, compiled training step of a stack of the probe model, as a no-argument callable."""
-    from mnistlab.train.fit import Totals, _Lockstep
+    from mnistlab.train.fit import Lockstep, Totals
     from mnistlab.train.protocol import streams
 
     generator = torch.Generator().manual_seed(0)
@@ -340,7 +298,7 @@ def _compiled_stack(device: torch.device, members: int):
         for s in range(members)
     ]
     seeds = [streams(m, 1) for m in stack_members]
-    stack = _Lockstep(PROBE_ARCH, stack_members, seeds, (x, y), PROBE_BATCH, Engine(device, precision="fp32"))
+    stack = Lockstep(PROBE_ARCH, stack_members, seeds, (x, y), PROBE_BATCH, Engine(device, precision="fp32"))
     totals = Totals(torch.zeros(members, device=device), torch.zeros(members, device=device))
     batch = torch.randint(0, 4096, (members, PROBE_BATCH), generator=generator).to(device)
 

@@ -3,16 +3,15 @@
 None of these changes what a result means, only its bits (the README's "Determinism" says how).
 """
 
-from dataclasses import dataclass, fields, is_dataclass
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from mnistlab.errors import MnistlabError
 from mnistlab.spec import Architecture
-from mnistlab.train import stored_steps
 from mnistlab.train.choices import DEVICES, PRECISIONS
+from mnistlab.train.hardware import bf16_hardware
 
 # Where bf16 is emulated (asked for with --precision bf16), from this size on, as AVX512-BF16 paid: the
 # layers that would gain most on hardware that has it.
@@ -57,27 +56,6 @@ class Engine:
         return tuple(i for i, (n_in, n_out) in enumerate(shapes) if batch_rows * n_in * n_out >= self.bf16_min_macs)
 
 
-def bf16_hardware(device: torch.device) -> str | None:
-    """How the device multiplies bf16 matrices natively: "cuda", "amx", "avx512_bf16", or None (it does not)."""
-    if device.type == "cuda":
-        return "cuda" if torch.cuda.is_bf16_supported() else None
-    names = set(cpu_info().get("flags", "").split())
-    if "amx_bf16" in names:
-        return "amx"
-    return "avx512_bf16" if "avx512_bf16" in names else None
-
-
-def cpu_info() -> dict[str, str]:
-    """The first processor's fields in /proc/cpuinfo ("model name", "cpu family", "flags", ...); empty where
-    there is no such file."""
-    try:
-        first = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0]
-    except OSError:
-        return {}
-    fields = (line.partition(":") for line in first.splitlines())
-    return {key.strip(): value.strip() for key, _, value in fields}
-
-
 def flush_denormals() -> None:
     """Treat denormal floats as zero, as TensorFlow does by default.
 
@@ -86,9 +64,8 @@ def flush_denormals() -> None:
     always-blank border pixels) were denormal, and Adam's second moments of rarely used weights get
     there in any model. The setting is per thread, and worker threads take it from the thread that
     starts them: the CLI calls this first thing. `fit` calls it too, which covers its own thread only:
-    a library user whose program ran parallel work before (loading data, say) should call this first.
-    A batch-32 epoch of the final model measured 0.59 s with the flush on every thread, 0.67 s without
-    it on the worker thread.
+    a library user whose program ran parallel work before (loading data, say) should call this first
+    (benchmarks/README.md, "What the code's comments measured").
     """
     torch.set_flush_denormal(True)
 
@@ -98,89 +75,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if bf16_hardware(device) else "fp32"
     return precision
-
-
-def compile_step(step_fn):
-    """The training step through torch.compile, as a callable that compiles on its first call.
-
-    `step_fn(state, x, y, ...)` takes the stack's state, then data whose row count varies (the 50k and
-    60k rows of the two phases, a full batch's chunks): those rows stay symbolic in the graph. Every
-    other shape is fixed, as are the Python values bound into `step_fn` (a `functools.partial`).
-    """
-    return _LazyStep(step_fn)
-
-
-class _LazyStep:
-    """Compiles with torch's ahead-of-time API (`aot_compile`) on the first call's arguments, then calls
-    the compiled graph without dynamo: no frame hook, no guards. Guards are what let torch.compile tell
-    a call that needs another graph from one that does not; here the compiled graphs are kept per
-    signature (`_signature`) of the step and its arguments instead, and every later call of one
-    `_LazyStep` has that signature: the same state, data of the same width and dtype, batches of the
-    same shape. That saves ~90 us of a ~400 us batch-32 step of one model (see benchmarks/README.md)."""
-
-    def __init__(self, step_fn):
-        self.step_fn, self.compiled = step_fn, None
-
-    def __call__(self, state, x, y, *rest):
-        if self.compiled is None:
-            self.compiled = _compiled(self.step_fn, (state, x, y, *rest))
-        return self.compiled(state, x, y, *rest)
-
-
-_COMPILED = {}  # signature -> compiled step, for the life of the process: phase 2 reuses phase 1's
-
-
-def _compiled(step_fn, args: tuple):
-    signature = _signature(step_fn, args)
-    if signature not in _COMPILED:
-        _COMPILED[signature] = _stored_or_compiled(step_fn, args, signature)
-    return _COMPILED[signature]
-
-
-def _stored_or_compiled(step_fn, args: tuple, signature: tuple):
-    """The step as an earlier process compiled and stored it (`stored_steps`), else compiled here and stored."""
-    state, x, y, *_ = args
-    # aot_compile refuses when caches are off, and some torch builds (2.11 with CUDA) do not offer it on
-    # what torch.compile returns: then the guards stay, and nothing is stored.
-    ahead = not torch._inductor.config.force_disable_caches
-    name = stored_steps.digest(signature, x.device) if ahead else None
-    traced = step_fn.func if isinstance(step_fn, partial) else step_fn
-    if name and (stored := stored_steps.load(name, traced.__globals__)) is not None:
-        return stored
-    torch._dynamo.mark_dynamic(x, 0)
-    torch._dynamo.mark_dynamic(y, 0)
-    # The step's row indices come from our own permutations, and the signature fixes every
-    # input's size and strides: the generated code need not check them again on every call.
-    options = {"assert_indirect_indexing": False, "size_asserts": False}
-    if x.device.type == "cpu":
-        options["cpp_wrapper"] = True  # a C++ wrapper around the kernels: ~40 us less Python per step
-    compiled = torch.compile(step_fn, fullgraph=True, dynamic=False, options=options)
-    if hasattr(compiled, "aot_compile") and ahead:
-        compiled = compiled.aot_compile((args, {}))
-        compiled.disable_guard_check()
-        stored_steps.store(name, compiled)
-    return compiled
-
-
-def _signature(step_fn, args: tuple) -> tuple:
-    """What a compiled step is specialised on: the step function with the values bound into it, and
-    every tensor's dtype, device, size and strides, but for the rows of the data (args 1 and 2), and the
-    thread count."""
-
-    def describe(value, rows_vary=False):
-        if isinstance(value, torch.Tensor):
-            size = (None, *value.shape[1:]) if rows_vary else tuple(value.shape)
-            return (value.dtype, value.device, size, value.stride()[1:] if rows_vary else value.stride())
-        if isinstance(value, (tuple, list)):
-            return tuple(describe(item) for item in value)
-        if is_dataclass(value) and not isinstance(value, type):
-            return (type(value), *(describe(getattr(value, f.name)) for f in fields(value)))
-        return value
-
-    bound = (step_fn.func, tuple(sorted(step_fn.keywords.items()))) if isinstance(step_fn, partial) else step_fn
-    # Inductor writes its CPU kernels for the thread count of the moment (the calibration changes it).
-    threads = torch.get_num_threads()
-    return (bound, threads, *(describe(arg, rows_vary=index in (1, 2)) for index, arg in enumerate(args)))
 
 
 def available_memory(device: torch.device) -> int | None:

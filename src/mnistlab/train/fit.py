@@ -12,6 +12,7 @@ the device as tensors indexed by a per-epoch permutation: no DataLoader, and no 
 epoch unless a progress bar asks for live numbers.
 """
 
+import math
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -22,7 +23,6 @@ import numpy as np
 import torch
 
 from mnistlab.nn.mlp import (
-    Penalties,
     Regularization,
     batch_grads,
     evaluate,
@@ -33,11 +33,12 @@ from mnistlab.nn.mlp import (
     penalty,
 )
 from mnistlab.records import EpochNumbers, Fit
-from mnistlab.spec import Architecture, Hyperparameters, leaders
+from mnistlab.spec import Architecture, Hyperparameters, StepWork, leaders
 from mnistlab.train.augment import distort, strengths
-from mnistlab.train.engine import Engine, compile_step, flush_denormals
+from mnistlab.train.engine import Engine, flush_denormals
 from mnistlab.train.progress import EpochCount, ProgressBars
 from mnistlab.train.schedule import Schedule
+from mnistlab.train.steps import compile_step
 from mnistlab.train.tracker import Tracker
 
 ADAM_BETAS = (0.9, 0.999)
@@ -121,20 +122,28 @@ class StackState:
         return torch.where(averaged, flat(self.average), flat(self.weights))
 
 
-def train_step(
-    state: StackState, x, y, batch, totals: Totals, *, arch, dropout_members, penalties, bf16_layers, smoothing, elastic
-):
+def train_step(state: StackState, x, y, batch, totals: Totals, *, arch, work: StepWork, dropout_members, bf16_layers):
     """One mini-batch for every member, batch (M, B) being row indices into x and y: distortion where
     asked for, forward, backward, Adam, moving average. Compiled, it is one graph."""
     images = x[batch]
-    if state.distortion is not None:
-        images = distort(images, state.distortion, state.distortion_keys, state.step, arch.side, arch.crop, elastic)
-    nll, correct, grads = batch_grads(
-        state.weights, arch, state.reg, images, y[batch], state.keys, state.step, dropout_members, bf16_layers,
-        smoothing=smoothing,
-    )  # fmt: skip
-    apply_gradients(state, totals, nll, correct, grads, batch.shape[1], penalties)
-    if state.average is not None:
+    if work.augmentation:
+        images = distort(
+            images, state.distortion, state.distortion_keys, state.step, arch.side, arch.crop, work.elastic
+        )
+    data_term = batch_grads(
+        state.weights,
+        arch,
+        state.reg,
+        images,
+        y[batch],
+        state.keys,
+        state.step,
+        dropout_members,
+        bf16_layers,
+        smoothing=work.label_smoothing,
+    )
+    apply_gradients(state, totals, *data_term, batch.shape[1], work)
+    if work.ema:
         update_average(state)
 
 
@@ -150,27 +159,36 @@ def update_average(state: StackState) -> None:
         average.mul_(keep).add_(weight * (1 - keep))
 
 
-def chunk_grads(state: StackState, x, y, first_row, *, arch, dropout_members, bf16_layers, smoothing):
+def chunk_grads(state: StackState, x, y, first_row, *, arch, work: StepWork, dropout_members, bf16_layers):
     """The summed data gradient of rows first_row.. of a full batch, which every member sees whole."""
     members = len(state.keys)
     xs, ys = x.expand(members, *x.shape), y.expand(members, *y.shape)
     return batch_grads(
-        state.weights, arch, state.reg, xs, ys, state.keys, state.step, dropout_members, bf16_layers, first_row,
-        smoothing,
-    )  # fmt: skip
+        state.weights,
+        arch,
+        state.reg,
+        xs,
+        ys,
+        state.keys,
+        state.step,
+        dropout_members,
+        bf16_layers,
+        first_row,
+        work.label_smoothing,
+    )
 
 
-def apply_gradients(state: StackState, totals: Totals, nll, correct, grads, rows, penalties: Penalties) -> None:
+def apply_gradients(state: StackState, totals: Totals, nll, correct, grads, rows, work: StepWork) -> None:
     """The end of every step: the mean over the batch's rows, the penalty, Keras' Adam, the running totals."""
     loss = nll / rows
-    if penalties.any:
+    if work.penalty:
         loss = loss + penalty(state.weights, state.reg)
     beta1, beta2 = ADAM_BETAS
     state.beta_powers.mul_(torch.tensor(ADAM_BETAS, device=loss.device))
     # Keras' Adam: bias correction folded into the step size, epsilon added to the uncorrected sqrt(v).
     corrected = torch.sqrt(1 - state.beta_powers[1]) / (1 - state.beta_powers[0])
     step_size = (state.learning_rate * state.active * corrected).view(-1, 1, 1)
-    layer_grads = mean_grads(state.weights, state.reg, grads, rows, penalties)
+    layer_grads = mean_grads(state.weights, state.reg, grads, rows, work)
     per_tensor = (chain.from_iterable(pairs) for pairs in (state.weights, state.adam_m, state.adam_v, layer_grads))
     for weight, m, v, grad in zip(*per_tensor, strict=True):
         m.lerp_(grad, 1 - beta1)
@@ -198,9 +216,9 @@ def fit(
         flush_denormals()
     leader = leaders(members, streams)
     trained = sorted(set(leader))
-    stack = _Lockstep(arch, [members[i] for i in trained], [streams[i] for i in trained], train, batch_size, engine)
+    stack = Lockstep(arch, [members[i] for i in trained], [streams[i] for i in trained], train, batch_size, engine)
     tracker = Tracker(members, [trained.index(i) for i in leader], stack.state.params)
-    steps = -(-len(train[1]) // stack.batch_size)
+    steps = math.ceil(len(train[1]) / stack.batch_size)
     for epoch in range(1, tracker.last_epoch + 1):
         start = time.perf_counter()
         with (progress or ProgressBars.OFF).epoch(epoch, tracker.last_epoch, steps) as bar:
@@ -218,7 +236,7 @@ def fit(
     return tracker.fits()
 
 
-class _Lockstep:
+class Lockstep:
     """A stack in training: its state, its data, and the compiled step that updates it."""
 
     def __init__(self, arch, members: list[Hyperparameters], streams: list[Streams], train, batch_size, engine):
@@ -229,23 +247,19 @@ class _Lockstep:
         reg = Regularization.of(arch, members, device)
         keys = torch.tensor([s.dropout for s in streams], device=device)
         self.learning_rate = torch.tensor([m.learning_rate for m in members], device=device)
-        extras = _extras(members, streams, device)
+        self.work = StepWork.of(members)
+        extras = _extras(self.work, members, streams, device)
         self.state = StackState.start(arch, params, keys, self.learning_rate.clone(), reg, **extras)
         self.shufflers = [torch.Generator().manual_seed(s.shuffle) for s in streams]
-        self.schedule = Schedule(members, -(-len(self.y) // self.batch_size))
-        self.penalties = reg.penalties()
-        fixed = {
+        self.schedule = Schedule(members, math.ceil(len(self.y) / self.batch_size))
+        bound = {
             "arch": arch,
+            "work": self.work,
             "dropout_members": reg.dropout_members(),
             "bf16_layers": engine.bf16_layers(arch.shapes, self.batch_size),
-            "smoothing": reg.smoothing(),
         }
         self.full_batch = self.batch_size == len(self.y)
-        if self.full_batch:
-            self.eager = partial(chunk_grads, **fixed)
-        else:
-            elastic = any(m.augmentation and m.augmentation.elastic for m in members)
-            self.eager = partial(train_step, penalties=self.penalties, elastic=elastic, **fixed)
+        self.eager = partial(chunk_grads if self.full_batch else train_step, **bound)
         self.compiled = compile_step(self.eager) if engine.compile else self.eager
 
     def train_epoch(self, bar) -> tuple[torch.Tensor, torch.Tensor]:
@@ -259,7 +273,7 @@ class _Lockstep:
             self._full_batch_step(totals)
             bar.tick(0, totals, len(self.y))
         else:
-            batches = _epoch_batches(self.shufflers, len(self.y), self.batch_size, device)
+            batches = epoch_batches(self.shufflers, len(self.y), self.batch_size, device)
             for index, batch in enumerate(batches):
                 if rates is not None:
                     self.state.learning_rate.copy_(rates[index])
@@ -273,8 +287,8 @@ class _Lockstep:
         """One step over all rows, in order (their order cannot matter), as gradients summed over row
         chunks: activations of a whole 50k batch would be allocated, page-faulted in and freed every step."""
         # Chunks of (nearly) equal size: a short last chunk would make the compiler specialise again.
-        chunks = -(-len(self.y) // full_batch_chunk_rows(len(self.state.keys)))
-        chunk_rows = -(-len(self.y) // chunks)
+        chunks = math.ceil(len(self.y) / full_batch_chunk_rows(len(self.state.keys)))
+        chunk_rows = math.ceil(len(self.y) / chunks)
         nll = correct = 0
         grads = None
         for start in range(0, len(self.y), chunk_rows):
@@ -287,15 +301,15 @@ class _Lockstep:
                 grads = part_grads
             else:
                 grads = [(k + pk, b + pb) for (k, b), (pk, pb) in zip(grads, part_grads, strict=True)]
-        apply_gradients(self.state, totals, nll, correct, grads, len(self.y), self.penalties)
+        apply_gradients(self.state, totals, nll, correct, grads, len(self.y), self.work)
 
 
-def _extras(members: list[Hyperparameters], streams: list[Streams], device) -> dict:
-    """The optional parts of a stack's state that some member asks for: a moving average, distortions."""
+def _extras(work: StepWork, members: list[Hyperparameters], streams: list[Streams], device) -> dict:
+    """The optional parts of a stack's state that its work asks for: a moving average, distortions."""
     extra = {}
-    if any(m.ema for m in members):
+    if work.ema:
         extra["average_decay"] = torch.tensor([m.ema for m in members], device=device)
-    if any(m.augmentation for m in members):
+    if work.augmentation:
         extra["distortion"] = strengths([m.augmentation for m in members], device)
         extra["distortion_keys"] = torch.tensor([s.augment for s in streams], device=device)
     return extra
@@ -306,7 +320,7 @@ def full_batch_chunk_rows(members: int) -> int:
     return max(256, FULL_BATCH_ROWS // members)
 
 
-def _epoch_batches(shufflers: list[torch.Generator], size: int, batch_size: int, device: torch.device):
+def epoch_batches(shufflers: list[torch.Generator], size: int, batch_size: int, device: torch.device):
     """An epoch's (M, B) row indices, each member in its own shuffled order."""
     # (size, stack), so that a batch's strides do not depend on the data size: no recompile in phase 2.
     order = torch.stack([torch.randperm(size, generator=g) for g in shufflers], dim=1).to(device)

@@ -13,7 +13,7 @@ else, as must the file; otherwise nothing is loaded or stored, with a warning. N
 from elsewhere (a download, a run folder, a Dask message) is ever loaded as a step.
 
 A stored step is found by a digest of everything its graph is specialised on: the step's signature
-(`engine._signature`: the function and the values bound into it, every tensor's shape, strides and
+(`steps._signature`: the function and the values bound into it, every tensor's shape, strides and
 dtype, the thread count), mnistlab's source code, torch's and Python's versions, and the instruction
 set the kernels were generated for. A step loaded from disk runs the same kernels as the one compiled
 here, so it gives the same bits. TORCHINDUCTOR_FORCE_DISABLE_CACHES=1 turns this off with torch's caches.
@@ -21,9 +21,7 @@ here, so it gives the same bits. TORCHINDUCTOR_FORCE_DISABLE_CACHES=1 turns this
 
 import functools
 import hashlib
-import io
 import os
-import platform
 import sys
 import warnings
 from pathlib import Path
@@ -31,6 +29,8 @@ from pathlib import Path
 import torch
 
 from mnistlab.files import atomic_path
+from mnistlab.train import compiler
+from mnistlab.train.hardware import instruction_set
 
 SUFFIX = ".step"
 KEEP = 64  # stored steps; the oldest beyond these are removed when a new one is stored
@@ -48,28 +48,21 @@ def folder() -> Path:
 
 def digest(signature: tuple, device: torch.device) -> str:
     """The file name of the step of this signature on this machine, for this code."""
-    parts = (_stable(signature), _code(), torch.__version__, sys.version, _instruction_set(device))
+    parts = (_stable(signature), _code(), torch.__version__, sys.version, instruction_set(device))
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
 
 
 def load(name: str, f_globals: dict):
     """The stored step `name`, ready to call, or None (not stored, not safe to trust, or not loadable)."""
     path = folder() / f"{name}{SUFFIX}"
-    if (
-        not hasattr(torch.compiler, "load_compiled_function")
-        or not path.is_file()
-        or not _private(path.parent)
-        or not _private(path)
-    ):
+    if not path.is_file() or not _private(path.parent) or not _private(path):
         return None
     try:
-        step = torch.compiler.load_compiled_function(io.BytesIO(path.read_bytes()), f_globals=f_globals)
+        return compiler.load(path.read_bytes(), f_globals)
     except Exception as exc:  # a file of another torch, truncated, ...: compiled again, and replaced
         reason = f"{path}: a stored compiled step that does not load ({type(exc).__name__}); compiling it again"
         warnings.warn(reason, StoredStepWarning, 3)
         return None
-    step.disable_guard_check()
-    return step
 
 
 def store(name: str, step) -> None:
@@ -79,7 +72,7 @@ def store(name: str, step) -> None:
         where.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not _private(where):
             return
-        data = type(step).serialize(step).serialized_data
+        data = compiler.serialize(step)
         with atomic_path(where / f"{name}{SUFFIX}") as part:
             part.write_bytes(data)
             part.chmod(0o600)
@@ -129,15 +122,3 @@ def _code() -> str:
     for path in sorted(package.rglob("*.py")):
         sha.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
     return sha.hexdigest()
-
-
-@functools.cache
-def _instruction_set(device: torch.device) -> str:
-    """What the generated kernels were written for: the GPU, or the CPU's vector instructions."""
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} {torch.cuda.get_device_capability(device)}"
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        flags = platform.processor()
-    return f"{torch.backends.cpu.get_cpu_capability()} {flags}"

@@ -18,12 +18,12 @@ from pathlib import Path
 from mnistlab.evaluation import figures
 from mnistlab.evaluation.statistics import Summary, summarise
 from mnistlab.reporting.document import Heading, Image, Paragraph, Table
-from mnistlab.study import claim
-from mnistlab.study.sweep import RECORD, read_rows
+from mnistlab.study import ownership
+from mnistlab.study.sweep_folder import RECORD, read_rows
 
 
 def is_sweep(folder: Path) -> bool:
-    found = claim.read_marker(folder) if (folder / RECORD).is_file() else None
+    found = ownership.read_marker(folder) if (folder / RECORD).is_file() else None
     return found is not None and found["kind"] == "sweep"
 
 
@@ -200,16 +200,18 @@ def section(folder: Path, figure_path: Path) -> list:
             Paragraph(sentence(record, points, reading)),
         ]
     header = [*(k.rpartition(".")[2] for k in keys), "seeds", "train loss", "validation loss", "validation error"]
-    rows = [
-        [*(_show(x_value(p.settings[k])) for k in keys), str(p.seeds), f"{p.train_loss.mean:.4f}",
-         _with_interval(p.validation_loss), f"{p.validation_error.mean:.2%}"]
-        for p in points
-    ]  # fmt: skip
+    rows = [[*(_show(x_value(p.settings[k])) for k in keys), *_numbers(p)] for p in points]
     return [*blocks, Table(header, rows), Paragraph(f"Every run: {folder / 'sweep.csv'}.")]
 
 
 def _listed(names: list[str], shown: int = 5) -> str:
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _numbers(point: PointSummary) -> list[str]:
+    """A point's row of the table, after its settings: seeds, train loss, validation loss and error."""
+    loss, error = point.validation_loss, point.validation_error
+    return [str(point.seeds), f"{point.train_loss.mean:.4f}", _with_interval(loss), f"{error.mean:.2%}"]
 
 
 def _with_interval(summary: Summary) -> str:
@@ -229,9 +231,12 @@ def _curve(record: dict, points: list[PointSummary], reading: Reading) -> figure
         },
         best=points.index(reading.best),
         lab=[x_value(v) for v in record["lab"].get(key, next(iter(record["lab"].values()), []))],
-        regions={"high bias": [points.index(p) for p in reading.high_bias],
-                 "high variance": [points.index(p) for p in reading.high_variance]},
-    )  # fmt: skip
+        regions={region: [points.index(p) for p in found] for region, found in _regions(reading).items()},
+    )
+
+
+def _regions(reading: Reading) -> dict[str, list[PointSummary]]:
+    return {"high bias": reading.high_bias, "high variance": reading.high_variance}
 
 
 def _band(summaries) -> list[tuple[float, float | None, float | None]]:

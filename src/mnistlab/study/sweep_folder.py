@@ -106,8 +106,8 @@ def write_table(out: Path) -> Path:
     keys = [key for axis in record["axes"] for key in axis]
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["point", *keys, "seed", *(f"{s}_{m}" for s in SPLITS for m in ("loss", "accuracy")),
-                     "epochs", "wall_seconds"])  # fmt: skip
+    scores = [f"{split}_{metric}" for split in SPLITS for metric in ("loss", "accuracy")]
+    writer.writerow(["point", *keys, "seed", *scores, "epochs", "wall_seconds"])
     for row in rows:
         values = [json.dumps(v) if isinstance(v := row.settings[k], list) else v for k in keys]
         scores = [f"{x:.6g}" for s in SPLITS for x in row.scores[s]]
