@@ -14,7 +14,8 @@ from pathlib import Path
 
 from mnistlab import data
 from mnistlab.spec import Architecture, Hyperparameters
-from mnistlab.study.executors import OnDask, StackTask, local_cluster
+from mnistlab.studies.executors import OnDask, StackTask, local_cluster
+from mnistlab.train.choices import EngineOptions
 from mnistlab.train.hardware import cpu_name
 
 FINAL = Architecture(784, (128, 128, 64, 64, 32))
@@ -29,9 +30,7 @@ def plan(stacks: int, members: int, epochs: int) -> list[StackTask]:
             ),
             32,
             ("mnist", 10_000),
-            "cpu",
-            "fp32",
-            True,
+            EngineOptions("cpu", "fp32", compile=True),
             1,
             f"stack {s}",
         )

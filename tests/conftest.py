@@ -98,7 +98,7 @@ def tiny_run(tmp_path_factory, mnist_dir) -> Path:
     from mnistlab import api
 
     out = tmp_path_factory.mktemp("tiny") / "provided"
-    api.run("provided", epochs=1, overrides=["train.batch_size=1000"], compile=False, data_dir=mnist_dir, out=out)
+    api.run("provided", epochs=1, set=["train.batch_size=1000"], compile=False, data_dir=mnist_dir, out=out)
     return out
 
 

@@ -1,4 +1,4 @@
-"""The Python API as the README shows it: its example runs as it stands."""
+"""The Python API as its documentation page shows it: the example runs as it stands."""
 
 import os
 import re
@@ -9,7 +9,7 @@ from pathlib import Path
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "python.md"
 
 
-def test_the_readmes_python_example_runs(tmp_path, mnist_dir):
+def test_the_docs_python_example_runs(tmp_path, mnist_dir):
     section = PAGE.read_text()
     example = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     environment = {**os.environ, "MNISTLAB_DATA": str(mnist_dir)}
@@ -18,7 +18,7 @@ def test_the_readmes_python_example_runs(tmp_path, mnist_dir):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
-    assert [line.split()[0] for line in lines[:2]] == ["0", "1"] and all(line.endswith(" 50000") for line in lines[:2])
-    assert 0.8 < float(lines[0].split()[1]) < 1
-    assert "ConfusedPair(" in lines[3]
+    assert "2 True True" in lines and "{1: 2, 2: 2}" in lines  # two seeds; one epoch of each phase each
+    label = lines[lines.index("{1: 2, 2: 2}") + 1]
+    assert label in list("0123456789")  # the drawn digit, read
     assert (tmp_path / "runs" / "report.html").is_file() and (tmp_path / "runs" / "provided" / "seed-1").is_dir()

@@ -18,7 +18,7 @@ from mnistlab.cli import main
 from mnistlab.data.idx import parse_images, parse_labels, read_bytes
 from mnistlab.errors import ConfigError, DataError, MnistlabError
 from mnistlab.spec import config
-from mnistlab.study.folder import Run, RunFolder
+from mnistlab.studies.folder import RunFolder, SeedRun
 
 from .conftest import make_idx_folder
 
@@ -232,7 +232,7 @@ def test_every_malformed_run_folder_file_is_named_in_one_line(tmp_path, finished
         shutil.copytree(finished_run, broken)
         (broken / name).write_bytes(content)
         try:
-            run = Run.load(broken)
+            run = SeedRun.load(broken)
             run.analysis(), run.folder.read_config(), run.folder.read_environment(), run.folder.read_weights()
         except MnistlabError as exc:
             assert _one_line(str(exc)) and str(broken) in str(exc), (name, kind, exc)

@@ -226,7 +226,7 @@ def test_a_best_like_stack_trains_like_its_members_alone(mnist):
 
 
 def test_beyond_the_lab_section_sets_best_beside_final(tmp_path, data_env):
-    fast = {"epochs": 1, "seeds": 2, "compile": False, "overrides": ["train.batch_size=1000"]}
+    fast = {"epochs": 1, "seeds": 2, "compile": False, "set": ["train.batch_size=1000"]}
     api.run("final", out=tmp_path / "final", **fast)
     api.run("best", out=tmp_path / "best", **fast)
     html, md = api.report([tmp_path / "final", tmp_path / "best"], tmp_path / "report.html")
@@ -244,7 +244,7 @@ def test_run_best_from_the_command_line_reads_digits_cropped_in_torch_and_onnx(t
     command = [sys.executable, "-m", "mnistlab.cli", "run", "best", "--epochs", "1", "--no-compile", "--quiet",
                "--set", "train.batch_size=2000", "--out", str(out)]  # fmt: skip
     assert subprocess.run(command, capture_output=True, text=True).returncode == 0
-    (run,) = api.load_runs(out)
+    (run,) = api.load_run(out).seed_runs
     params, arch = run.folder.read_weights()
     assert arch.crop == 4 and arch.num_params == params.numel() == 128_298
     assert math.isclose(

@@ -14,7 +14,8 @@ import psutil
 import pytest
 
 from mnistlab.cli import main
-from mnistlab.study.folder import Run
+from mnistlab.studies.folder import SeedRun
+from mnistlab.train.choices import EngineOptions
 from mnistlab.train.hardware import cores
 
 DASK = Path(sys.executable).with_name("dask")
@@ -70,7 +71,7 @@ def _listening(pids: list[int]) -> set[str]:
 
 
 def test_local_worker_processes_listen_on_loopback_only():
-    from mnistlab.study.executors import executor
+    from mnistlab.studies.executors import executor
 
     with executor(None, 2, progress=False, log=lambda line: None) as local:
         assert local.workers == 2
@@ -80,12 +81,12 @@ def test_local_worker_processes_listen_on_loopback_only():
 
 def _metrics(folder: Path) -> dict:
     """Each seed's scores (not its wall time), by seed folder."""
-    return {p.parent.name: Run.load(p.parent).metrics.scores for p in sorted(folder.rglob("metrics.json"))}
+    return {p.parent.name: SeedRun.load(p.parent).metrics.scores for p in sorted(folder.rglob("metrics.json"))}
 
 
 def _threads(folder: Path) -> set[int]:
     """The threads each seed's run trained with."""
-    return {Run.load(p.parent).folder.read_environment()["threads"] for p in folder.rglob("metrics.json")}
+    return {SeedRun.load(p.parent).folder.read_environment()["threads"] for p in folder.rglob("metrics.json")}
 
 
 def _busy(client) -> list[str]:
@@ -168,13 +169,13 @@ def test_a_scheduler_that_cannot_be_reached_is_one_line(tmp_path, data_env, caps
 @pytest.mark.parametrize("workers", [0, -2])
 def test_workers_must_be_positive(tmp_path, data_env, capsys, workers):
     assert main(["run", "provided", "--workers", str(workers), "--out", str(tmp_path / "r")]) == 1
-    assert "workers must be at least 1" in capsys.readouterr().err
+    assert "workers must be a whole number, at least 1" in capsys.readouterr().err
 
 
 def _profiler_running_while_training_and_after() -> tuple[bool, bool]:
     from distributed import get_worker
 
-    from mnistlab.study.executors import _without_worker_profiler
+    from mnistlab.studies.executors import _without_worker_profiler
 
     sampling = get_worker().periodic_callbacks["profile"]
     with _without_worker_profiler():
@@ -218,11 +219,12 @@ def test_stacks_go_to_the_first_free_worker_in_the_plans_order(monkeypatch):
     from distributed import Client, LocalCluster
 
     from mnistlab.spec import Architecture
-    from mnistlab.study import executors
+    from mnistlab.studies import executors
 
     _SPANS.clear()
     monkeypatch.setattr(executors, "train_stack", _sleep_for_label)
-    base = executors.StackTask(Architecture(784, (8,)), (), 32, ("mnist", 0), "cpu", "fp32", False, 1, "")
+    engine = EngineOptions("cpu", "fp32", compile=False)
+    base = executors.StackTask(Architecture(784, (8,)), (), 32, ("mnist", 0), engine, 1, "")
     seconds = ["0.8", "0.3", "0.6", "0.2", "0.1"]  # the plan's order: the third should follow the second
     tasks = [replace(base, label=s) for s in seconds]
     local = LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None)

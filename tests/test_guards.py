@@ -23,7 +23,7 @@ from mnistlab.cli import main
 from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.spec import config
 from mnistlab.spec import sweep as sweep_spec
-from mnistlab.study.folder import Run, RunFolder
+from mnistlab.studies.folder import RunFolder, SeedRun
 from mnistlab.train import calibration
 
 FAST = ["--epochs", "1", "--set", "train.batch_size=1000", "--no-compile", "--quiet"]
@@ -42,7 +42,7 @@ def no_training(monkeypatch):
     def trained(*args, **kwargs):
         raise AssertionError("trained before refusing")
 
-    monkeypatch.setattr(api.Options, "train", trained)
+    monkeypatch.setattr(api._Request, "train", trained)
 
 
 # --- output paths ----------------------------------------------------------------------------------
@@ -251,17 +251,17 @@ def test_a_run_whose_loss_stops_being_a_number_writes_nothing_and_says_so(tmp_pa
     """A learning rate no config takes (the schema stops at 10), set behind its back: the loss becomes NaN."""
     from dataclasses import replace
 
-    from mnistlab.study import plan
+    from mnistlab.studies import plan
 
     original = plan.seed_runs
 
-    def diverging(experiment, folder, seeds=1):
+    def diverging(experiment, folder, seeds=1, label=""):
         hyper = replace(experiment.hyperparameters, learning_rate=float("inf"))
-        return original(replace(experiment, hyperparameters=hyper), folder, seeds)
+        return original(replace(experiment, hyperparameters=hyper), folder, seeds, label)
 
     monkeypatch.setattr(api, "seed_runs", diverging)
     with pytest.raises(MnistlabError, match=r"loss stopped being a finite number at epoch 1 of phase 1.*learning_rate"):
-        api.run("provided", epochs=2, overrides=["train.batch_size=1000"], compile=False, data_dir=mnist_dir,
+        api.run("provided", epochs=2, set=["train.batch_size=1000"], compile=False, data_dir=mnist_dir,
                 out=tmp_path / "run")  # fmt: skip
     assert not (tmp_path / "run").exists()
 
@@ -272,7 +272,7 @@ def test_a_metrics_file_holding_nan_is_refused_not_read(tmp_path, tiny_run):
     metrics = (run / RunFolder.METRICS).read_text()
     (run / RunFolder.METRICS).write_text(metrics.replace('"loss": ', '"loss": NaN, "x": ', 1))
     with pytest.raises(MnistlabError, match="NaN is not a JSON number"):
-        Run.load(run)
+        SeedRun.load(run)
 
 
 # --- nesting -------------------------------------------------------------------------------------------
@@ -295,7 +295,7 @@ def test_deeply_nested_values_are_one_line_errors_everywhere_they_are_read(tmp_p
     shutil.copytree(tiny_run, run)
     (run / RunFolder.METRICS).write_text('{"format": 3, "preset": ' + nested + "}")
     with pytest.raises(MnistlabError, match="nested more than 16 deep"):
-        Run.load(run)
+        SeedRun.load(run)
 
 
 # --- sweep files ---------------------------------------------------------------------------------------
@@ -535,7 +535,7 @@ def test_seed_folders_named_unlike_seeds_are_not_seeds(tmp_path, tiny_run, name,
     assert [f.path.name for f in RunFolder(parent).seeds()] == ["seed-0"]
     assert main(["report", str(parent), "--out", str(tmp_path / "r.html")]) == 0
     assert main(["predict", str(parent), str(parent / "seed-0" / RunFolder.MISCLASSIFIED)]) == 0
-    assert len(api.load_runs(parent)) == 1
+    assert api.load_run(parent).seeds == 1
 
 
 # --- reports -------------------------------------------------------------------------------------------

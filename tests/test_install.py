@@ -15,7 +15,7 @@ from mnistlab.extras import EXTRA_OF
 FAST = ["--epochs", "1", "--set", "train.batch_size=1000", "--no-compile"]
 BASE_ONLY = f"""
 import sys
-for module in {sorted({*EXTRA_OF, "dask", "multipart"})!r}:
+for module in {sorted({*EXTRA_OF, "dask", "multipart"} - {"pandas"})!r}:  # scikit-learn peeks at sys.modules for pandas
     sys.modules[module] = None  # as if not installed: importing it fails, find_spec finds nothing
 from mnistlab.cli import main
 sys.exit(main(sys.argv[1:]))

@@ -20,9 +20,10 @@ STAGES = [
     "nn",
     "train",
     "evaluation",
-    "study",
+    "studies",
     "reporting",
     "serving",
+    "results",
     "api",
     "cli",
 ]
@@ -103,8 +104,8 @@ def test_reading_a_run_folder_and_building_its_report_import_no_torch(tiny_run, 
 import sys
 from mnistlab.records import Metrics
 from mnistlab.reporting import build
-from mnistlab.study.folder import Run
-run = Run.load({str(tiny_run)!r})
+from mnistlab.studies.folder import SeedRun
+run = SeedRun.load({str(tiny_run)!r})
 run.analysis(), run.folder.read_error_images(), run.folder.read_experiment(), run.folder.read_architecture()
 build.build([run.folder.path], __import__("pathlib").Path({str(tmp_path / "r.html")!r}))
 loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))

@@ -8,7 +8,7 @@ accuracy and 0.01 of loss: closer than that, seeds of either engine differ by as
 import pytest
 
 from mnistlab.cli import main
-from mnistlab.study.folder import Run
+from mnistlab.studies.folder import SeedRun
 
 KERAS_BATCH_32 = {"validation": (0.982, 0.0786), "test": (0.981, 0.0765)}
 
@@ -17,7 +17,7 @@ KERAS_BATCH_32 = {"validation": (0.982, 0.0786), "test": (0.981, 0.0765)}
 def test_final_model_matches_keras_at_batch_32(tmp_path, mnist_dir):
     out = tmp_path / "final"
     assert main(["run", "final", "--quiet", "--data-dir", str(mnist_dir), "--out", str(out)]) == 0
-    metrics = Run.load(out).metrics
+    metrics = SeedRun.load(out).metrics
     assert metrics.epochs == {"phase1": 50, "phase2": 50} and metrics.parameters == 131_818
     for split, (accuracy, loss) in KERAS_BATCH_32.items():
         assert metrics.scores[split].accuracy == pytest.approx(accuracy, abs=0.005), split

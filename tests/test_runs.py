@@ -15,11 +15,12 @@ from mnistlab import api
 from mnistlab.cli import main
 from mnistlab.nn.mlp import Regularization, evaluate
 from mnistlab.spec import config
-from mnistlab.study import write as run_folder
-from mnistlab.study.execute import Placement, execute
-from mnistlab.study.folder import Run, RunFolder
-from mnistlab.study.plan import PlannedRun, seed_runs, stacks
+from mnistlab.studies import write as run_folder
+from mnistlab.studies.execute import Placement, execute
+from mnistlab.studies.folder import RunFolder, SeedRun
+from mnistlab.studies.plan import PlannedRun, seed_runs, stacks
 from mnistlab.train import calibration, hardware
+from mnistlab.train.choices import EngineOptions
 
 FAST = ["--set", "train.batch_size=1000", "--no-compile", "--quiet"]  # an epoch in a second or two
 
@@ -35,7 +36,7 @@ def test_run_writes_a_complete_run_folder(tmp_path, data_env, mnist):
         assert (out / picture).read_bytes().startswith(b"\x89PNG") and (out / picture).stat().st_size > 10_000
     assert [p.name for p in tmp_path.iterdir()] == ["provided"]  # nothing half-built left beside it
 
-    run = Run.load(out)
+    run = SeedRun.load(out)
     for split in ("train", "validation", "full", "test"):
         assert 0.85 < run.metrics.scores[split].accuracy < 1 and run.metrics.scores[split].loss > 0
     assert run.metrics.epochs == {"phase1": 1, "phase2": 1} and run.metrics.parameters == 784 * 18 + 18 + 18 * 10 + 10
@@ -82,11 +83,12 @@ def test_an_aggregate_is_written_when_its_last_seed_lands_not_after_the_plan(tmp
 def test_a_plan_of_one_stack_trains_with_the_threads_that_suit_a_stack_alone(tmp_path, mnist_dir):
     # A calibration that found one thread best for a stack alone, and a single process for the plan.
     tuned = dataclasses.replace(calibration.fixed(torch.device("cpu")), workers=1, threads_alone=1)
-    experiment = api.experiment("provided", ["train.batch_size=1000"], epochs=1)
+    experiment = config.load("provided", ["train.batch_size=1000", "train.epochs=1"])
     for seeds, expected in ((1, 1), (2, hardware.cores())):  # one seed, one stack; two seeds of one row each, two
         folder = RunFolder(tmp_path / f"seeds-{seeds}")
-        execute(seed_runs(experiment, folder, seeds), Placement(tuned, compile=False), mnist_dir, log=lambda _: None)
-        environments = [Run.load(p.parent).folder.read_environment() for p in folder.path.rglob("metrics.json")]
+        placement = Placement(tuned, EngineOptions(compile=False))
+        execute(seed_runs(experiment, folder, seeds), placement, mnist_dir, log=lambda _: None)
+        environments = [SeedRun.load(p.parent).folder.read_environment() for p in folder.path.rglob("metrics.json")]
         assert {e["threads"] for e in environments} == {expected}, seeds
 
 
@@ -94,8 +96,8 @@ def test_config_written_by_a_run_runs_again_to_the_same_result(tmp_path, data_en
     first, second = tmp_path / "first", tmp_path / "second"
     assert main(["run", "provided", "--epochs", "1", "--seed", "5", *FAST, "--out", str(first)]) == 0
     assert main(["run", str(first / "config.toml"), "--no-compile", "--quiet", "--out", str(second)]) == 0
-    assert Run.load(first).metrics.scores == Run.load(second).metrics.scores
-    assert Run.load(second).seed == 5
+    assert SeedRun.load(first).metrics.scores == SeedRun.load(second).metrics.scores
+    assert SeedRun.load(second).seed == 5
 
 
 def test_study_trains_seeds_in_lockstep_skips_finished_runs_and_reports(tmp_path, data_env, capsys):
@@ -105,7 +107,7 @@ def test_study_trains_seeds_in_lockstep_skips_finished_runs_and_reports(tmp_path
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "training 2 in lockstep" in out and "provided (seed 0), provided (seed 1)" in out
-    seeds = [Run.load(tmp_path / "provided" / f"seed-{s}") for s in (0, 1)]
+    seeds = [SeedRun.load(tmp_path / "provided" / f"seed-{s}") for s in (0, 1)]
     assert [r.seed for r in seeds] == [0, 1] and seeds[0].metrics.scores != seeds[1].metrics.scores
     # Each seed folder's config runs that seed again.
     assert [r.folder.read_config()["seed"] for r in seeds] == [0, 1]
@@ -123,7 +125,7 @@ def test_study_trains_seeds_in_lockstep_skips_finished_runs_and_reports(tmp_path
     assert "1 of 2 runs already finished" in out and "training 1 in lockstep" in out
     assert (tmp_path / "provided" / "seed-0" / "metrics.json").read_bytes() == first
     # Trained again alone, not in a stack of two: the same run but for rounding (README, Determinism).
-    again = Run.load(tmp_path / "provided" / "seed-1").metrics.scores
+    again = SeedRun.load(tmp_path / "provided" / "seed-1").metrics.scores
     for split, score in seeds[1].metrics.scores.items():
         assert again[split].loss == pytest.approx(score.loss, rel=1e-5), split
         assert again[split].accuracy == pytest.approx(score.accuracy, abs=2e-4), split
@@ -136,7 +138,7 @@ def test_experiments_that_differ_only_in_name_train_once(tmp_path, data_env, cap
     out = capsys.readouterr().out
     assert "final (seed 0): the same training as dropout (seed 0), trained once" in out
     assert "training 1 in lockstep" in out
-    dropout, final = (Run.load(tmp_path / name) for name in ("dropout", "final"))
+    dropout, final = (SeedRun.load(tmp_path / name) for name in ("dropout", "final"))
     assert (dropout.name, final.name) == ("dropout", "final")
     assert dropout.metrics.scores == final.metrics.scores
     assert torch.equal(dropout.folder.read_weights()[0], final.folder.read_weights()[0])
@@ -148,7 +150,7 @@ def test_early_stopping_on_a_model_the_study_also_trains_whole_is_read_off_its_t
     assert "training 1 in lockstep: powerful (seed 0); early-stopping (seed 0) as the first epochs of" in (
         capsys.readouterr().out
     )
-    powerful, stopping = (Run.load(tmp_path / name) for name in ("powerful", "early-stopping"))
+    powerful, stopping = (SeedRun.load(tmp_path / name) for name in ("powerful", "early-stopping"))
     assert stopping.metrics.scores == powerful.metrics.scores
     assert torch.equal(stopping.folder.read_weights()[0], powerful.folder.read_weights()[0])
     assert stopping.folder.read_config()["early_stopping"]["patience"] == 15
@@ -237,7 +239,7 @@ def test_split_sizes_follow_validation_size_everywhere(tmp_path, data_env, monke
     monkeypatch.setattr(run_folder.figures, "validation_curves", spy)
     out = tmp_path / "p"
     assert main(["run", "provided", "--epochs", "1", *FAST, "--set", "validation_size=5000", "--out", str(out)]) == 0
-    run = Run.load(out)
+    run = SeedRun.load(out)
     assert run.metrics.split_sizes == {"train": 55_000, "validation": 5_000, "full": 60_000, "test": 10_000}
     assert len(run.history.phase1) == 1 and titles == ["provided (seed 0): training on 55k"]
     html, markdown = api.report([out], tmp_path / "r.html")
@@ -250,7 +252,7 @@ def test_report_on_another_data_set_leaves_the_lab_out(tmp_path, fashion_dir):
     out = tmp_path / "fashion"
     args = ["run", "provided", "--epochs", "1", *FAST, "--out", str(out), "--data-dir", str(fashion_dir)]
     assert main(args) == 0
-    run = Run.load(out)
+    run = SeedRun.load(out)
     assert run.metrics.dataset == "fashion-mnist" and run.analysis().classes[-1] == "Ankle boot"
     html, _ = api.report([out], tmp_path / "r.html")
     text = html.read_text()
@@ -260,12 +262,12 @@ def test_report_on_another_data_set_leaves_the_lab_out(tmp_path, fashion_dir):
 
 def test_training_in_bf16_end_to_end_learns(tmp_path, data_env):
     (run,) = api.run(
-        "provided", overrides=["train.batch_size=1000"], epochs=2, precision="bf16", compile=False, out=tmp_path / "b"
-    )
+        "provided", set=["train.batch_size=1000"], epochs=2, precision="bf16", compile=False, out=tmp_path / "b"
+    ).seed_runs
     assert run.folder.read_environment()["precision"] == "bf16"
     assert run.metrics.scores["test"].accuracy > 0.85
     (fp32,) = api.run(
-        "provided", overrides=["train.batch_size=1000"], epochs=2, precision="fp32", compile=False, out=tmp_path / "f"
-    )
+        "provided", set=["train.batch_size=1000"], epochs=2, precision="fp32", compile=False, out=tmp_path / "f"
+    ).seed_runs
     assert run.metrics.scores != fp32.metrics.scores  # bf16 did round the matmuls
     assert run.metrics.scores["test"].accuracy == pytest.approx(fp32.metrics.scores["test"].accuracy, abs=0.01)

@@ -9,8 +9,8 @@ import sys
 import time
 
 from mnistlab.cli import main
-from mnistlab.study import write as run_folder
-from mnistlab.study.folder import Run
+from mnistlab.studies import write as run_folder
+from mnistlab.studies.folder import SeedRun
 
 FAST = ["--epochs", "1", "--set", "train.batch_size=1000", "--no-compile", "--quiet"]
 
@@ -46,13 +46,13 @@ def test_a_file_given_as_out_is_never_replaced(tmp_path, data_env, capsys):
 def test_a_run_of_another_config_is_replaced_only_when_asked(tmp_path, data_env, capsys):
     out = tmp_path / "run"
     assert main(["run", "provided", *FAST, "--out", str(out)]) == 0
-    first = Run.load(out).metrics
+    first = SeedRun.load(out).metrics
     assert main(["run", "provided", *FAST, "--out", str(out)]) == 0  # the same config: trained again
-    assert Run.load(out).metrics.scores == first.scores
+    assert SeedRun.load(out).metrics.scores == first.scores
     assert main(["run", "provided", *FAST, "--seed", "3", "--out", str(out)]) == 1
-    assert "of another config" in _one_line_error(capsys) and Run.load(out).seed == 0
+    assert "of another config" in _one_line_error(capsys) and SeedRun.load(out).seed == 0
     assert main(["run", "provided", *FAST, "--seed", "3", "--out", str(out), "--overwrite"]) == 0
-    assert Run.load(out).seed == 3
+    assert SeedRun.load(out).seed == 3
 
 
 def test_a_study_refuses_finished_runs_of_another_config(tmp_path, data_env, capsys):
@@ -61,7 +61,7 @@ def test_a_study_refuses_finished_runs_of_another_config(tmp_path, data_env, cap
     assert main([*args, "--set", "train.learning_rate=0.01"]) == 1
     assert "s/provided: holds a run of another config" in _one_line_error(capsys)
     assert main([*args, "--set", "train.learning_rate=0.01", "--overwrite"]) == 0
-    assert Run.load(tmp_path / "s" / "provided").folder.read_config()["train"]["learning_rate"] == 0.01
+    assert SeedRun.load(tmp_path / "s" / "provided").folder.read_config()["train"]["learning_rate"] == 0.01
 
 
 def test_report_never_replaces_a_file_it_did_not_write(tmp_path, data_env, capsys):
@@ -129,7 +129,7 @@ def test_two_processes_on_one_study_folder(tmp_path, mnist_dir):
         assert first.wait(timeout=300) == 0
     finally:
         first.kill()
-    assert Run.load(out / "provided").metrics.epochs == {"phase1": 3, "phase2": 3}
+    assert SeedRun.load(out / "provided").metrics.epochs == {"phase1": 3, "phase2": 3}
     assert not (tmp_path / ".s.lock").exists()
 
     # A holder that dies without a word leaves a lock file behind, but no lock: the next one goes ahead.
@@ -164,7 +164,7 @@ def test_sigterm_during_a_study_keeps_finished_runs_and_leaves_no_partial_one(tm
     finally:
         process.kill()
     finished = [p for p in out.iterdir() if (p / "metrics.json").exists()]
-    assert [p.name for p in finished] == ["final"] and Run.load(finished[0]).metrics.epochs["phase2"] == 2
+    assert [p.name for p in finished] == ["final"] and SeedRun.load(finished[0]).metrics.epochs["phase2"] == 2
     assert sorted(p.name for p in out.iterdir()) == ["final", "mnistlab.json"]  # nothing half-built
     assert not (tmp_path / ".s.lock").exists()
     # Run again: it resumes, and trains only what is left.

@@ -33,7 +33,7 @@ def model(tmp_path_factory, mnist_dir) -> Path:
     """The final model's architecture, trained briefly (lr 1e-3, batch 128, 2 epochs): about 97% on test."""
     out = tmp_path_factory.mktemp("reader") / "final"
     overrides = ["train.learning_rate=1e-3", "train.batch_size=128"]
-    api.run("final", overrides=overrides, epochs=2, compile=False, data_dir=mnist_dir, out=out)
+    api.run("final", set=overrides, epochs=2, compile=False, data_dir=mnist_dir, out=out, quiet=True)
     return out
 
 
@@ -330,7 +330,7 @@ def _runs(columns: np.ndarray) -> list[tuple[int, int]]:
 @pytest.mark.slow
 def test_the_final_presets_model_reads_photo_like_digits_at_97_percent(tmp_path, mnist_dir, digits):
     x, y = digits
-    (run,) = api.run("final", data_dir=mnist_dir, out=tmp_path / "final")
+    (run,) = api.run("final", data_dir=mnist_dir, out=tmp_path / "final").seed_runs
     reader, rng = Predictor(run.folder.path), np.random.default_rng(0)
     predictions = reader.predict([to_mnist(read(photo(x[i], rng), "photo")) for i in range(1000)])
     assert np.mean([p.label == str(y[i]) for i, p in enumerate(predictions)]) >= 0.97

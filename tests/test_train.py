@@ -8,9 +8,9 @@ from mnistlab.nn import mlp as model
 from mnistlab.nn.mlp import Regularization
 from mnistlab.spec import Architecture, Augmentation, EarlyStopping, StepWork, config, leaders
 from mnistlab.spec import Hyperparameters as Member
-from mnistlab.study.folder import RunFolder
-from mnistlab.study.plan import PlannedRun
-from mnistlab.study.write import curve_marks
+from mnistlab.studies.folder import RunFolder
+from mnistlab.studies.plan import PlannedRun
+from mnistlab.studies.write import curve_marks
 from mnistlab.train import fit as fit_module
 from mnistlab.train.engine import Engine
 from mnistlab.train.fit import ADAM_EPSILON, StackState, Totals, fit, seed_for, train_step
@@ -275,7 +275,7 @@ def test_the_stacking_key_and_the_step_key_come_from_one_description():
     is a field there, which all three then follow."""
     from dataclasses import fields
 
-    from mnistlab.study.plan import stacks
+    from mnistlab.studies.plan import stacks
     from mnistlab.train.fit import Lockstep
     from mnistlab.train.steps import _signature
 

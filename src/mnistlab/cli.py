@@ -209,7 +209,7 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
 def _training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set",
-        dest="overrides",
+        dest="set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
@@ -290,24 +290,11 @@ def _calibrate(args: argparse.Namespace) -> None:
     print(api.calibrate(args.device, redo=args.redo, log=print).describe())
 
 
-def _training(args: argparse.Namespace) -> dict:
-    """The options `run` and `study` share, as the library takes them."""
-    return {
-        "overrides": args.overrides,
-        "seed": args.seed,
-        "seeds": args.seeds,
-        "overwrite": args.overwrite,
-        "epochs": args.epochs,
-        "dataset": args.dataset,
-        "data_dir": args.data_dir,
-        "device": args.device,
-        "precision": args.precision,
-        "compile": args.compile,
-        "cluster": args.cluster,
-        "workers": args.workers,
-        "progress": not args.quiet and sys.stderr.isatty(),
-        "log": (lambda _: None) if args.quiet else print,
-    }
+def _options(args: argparse.Namespace) -> dict:
+    """The options of run, study and sweep, by the API's names, which are the command line's."""
+    from mnistlab import api
+
+    return {name: getattr(args, name) for name in api.OPTIONS if hasattr(args, name)}
 
 
 def _training_library():
@@ -320,25 +307,20 @@ def _training_library():
 
 
 def _run(args: argparse.Namespace) -> None:
-    api = _training_library()
-    runs = api.run(args.preset, out=args.out, **_training(args))
+    run = _training_library().run(args.preset, **_options(args))
     if not args.quiet:
-        folder = runs[0].folder.path.parent if len(runs) > 1 else runs[0].folder.path
-        print(f"next: mnistlab report {folder} --out {folder.name}-report.html   (this run beside the lab's numbers)")
+        print(f"next: mnistlab report {run.folder} --out {run.folder.name}-report.html   (this run beside the lab's)")
 
 
 def _study(args: argparse.Namespace) -> None:
-    api = _training_library()
-    runs = api.study(args.presets, out=args.out, **_training(args))
-    if not args.quiet and runs:
-        model = next((r for r in runs if r.name == "final"), runs[0]).folder
-        model = model.path.parent if model.is_seed_run else model.path
-        print(f"next: open {args.out / 'report.html'} in a browser, or draw digits for mnistlab serve {model}")
+    study = _training_library().study(args.presets, **_options(args))
+    if not args.quiet and len(study):
+        model = study["final"] if "final" in study.names else next(iter(study))
+        print(f"next: open {args.out / 'report.html'} in a browser, or draw digits for mnistlab serve {model.folder}")
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    api = _training_library()
-    api.sweep(args.sweep, out=args.out, **_training(args))
+    _training_library().sweep(args.sweep, **_options(args))
 
 
 def _sweeps(args: argparse.Namespace) -> None:

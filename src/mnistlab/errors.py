@@ -9,5 +9,5 @@ class DataError(MnistlabError):
     """A data file is missing, unreadable, malformed, or fails its checksum."""
 
 
-class ConfigError(MnistlabError):
-    """A preset, a config file or a command-line override is wrong."""
+class ConfigError(MnistlabError, ValueError):
+    """A preset, a config file, a command-line override or a keyword argument is wrong."""

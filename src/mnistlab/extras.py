@@ -2,8 +2,8 @@
 
 The base install trains, reports and reads digits (`data`, `run`, `study`, `report`, `predict`). The rest
 comes with an extra: `serve` (FastAPI, uvicorn), `onnx` (export, and predict --onnx), `cluster` (Dask:
-local worker processes and clusters), `sweep` (Optuna searches). A command that needs one that is not
-installed says which, in one line, before it does anything.
+local worker processes and clusters), `sweep` (Optuna searches), `notebook` (pandas tables, Jupyter). A
+command that needs one that is not installed says which, in one line, before it does anything.
 """
 
 import importlib
@@ -21,6 +21,7 @@ EXTRA_OF = {  # module -> the extra that installs it
     "onnxruntime": "onnx",
     "distributed": "cluster",
     "optuna": "sweep",
+    "pandas": "notebook",
 }
 
 

@@ -68,7 +68,7 @@ def check_output(path: Path, *, folder: bool) -> Path:
 
     `folder`: whether the output is a folder (a run, a study, a sweep) or a file (a report, an export).
     What is already at the path is not judged here, but for its type: whose it is, and whether it may
-    be replaced, is the caller's rule (`study.ownership`, the report's marks).
+    be replaced, is the caller's rule (`studies.ownership`, the report's marks).
     """
     path = Path(path)
     name = path.name

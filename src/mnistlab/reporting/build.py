@@ -15,7 +15,7 @@ from pathlib import Path
 from mnistlab.data import SPLITS, size_label
 from mnistlab.errors import MnistlabError
 from mnistlab.evaluation import figures
-from mnistlab.evaluation.statistics import PAIRED, summarise
+from mnistlab.evaluation.statistics import PAIRED
 from mnistlab.files import check_output, is_ours, write_atomic
 from mnistlab.reporting import beyond, digits, lab, sweep_section
 from mnistlab.reporting.document import (
@@ -32,7 +32,7 @@ from mnistlab.reporting.document import (
 from mnistlab.reporting.experiments import ExperimentRuns, discover, split_labels
 from mnistlab.reporting.findings import MIN_SEEDS, SIGNIFICANCE, cell, pairs, verdict
 from mnistlab.spec import config
-from mnistlab.study.folder import RunFolder
+from mnistlab.studies.folder import RunFolder
 from mnistlab.version import __version__
 
 
@@ -62,11 +62,9 @@ def _results(experiments: list[ExperimentRuns]) -> list:
     ]
     rows = []
     for e in experiments:
-        epochs = "/".join(f"{summarise([r.metrics.epochs[p] for r in e.runs]).mean:g}" for p in ("phase1", "phase2"))
+        epochs = "/".join(f"{e.epochs(phase):g}" for phase in ("phase1", "phase2"))
         numbers = [cell(e.stat(s, k), k) for s in SPLITS for k in ("accuracy", "loss")]
-        wall = sum(r.metrics.wall_seconds / r.metrics.stack_size for r in e.runs)
-        parameters = f"{e.runs[0].metrics.parameters:,}"
-        rows.append([e.label, str(e.seeds), parameters, epochs, *numbers, f"{wall:.0f} s"])
+        rows.append([e.label, str(e.seeds), f"{e.parameters:,}", epochs, *numbers, f"{e.wall_seconds:.0f} s"])
     return [
         Heading(2, "Results"),
         Paragraph(

@@ -14,7 +14,7 @@ import numpy as np
 from mnistlab.evaluation.analysis import Analysis
 from mnistlab.evaluation.figures import digit_grid, digit_strip
 from mnistlab.reporting.document import Heading, InlineImage, Link, Paragraph, Reveal, Table
-from mnistlab.study.folder import Run
+from mnistlab.studies.folder import SeedRun
 
 GRID = 24  # digits at most in one grid
 STRIP = 30  # digits at most behind one confusion cell
@@ -26,7 +26,7 @@ class SeedErrors:
     """The test errors of one experiment's seeds."""
 
     label: str
-    runs: list[Run]
+    runs: list[SeedRun]
 
     @cached_property
     def analyses(self) -> list[Analysis]:

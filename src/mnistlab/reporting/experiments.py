@@ -9,7 +9,7 @@ from mnistlab.errors import MnistlabError
 from mnistlab.evaluation.statistics import Summary, summarise
 from mnistlab.records import Score
 from mnistlab.spec import config
-from mnistlab.study.folder import Run, RunFolder
+from mnistlab.studies.folder import RunFolder, SeedRun
 
 
 @dataclass
@@ -17,7 +17,7 @@ class ExperimentRuns:
     """The runs of one experiment: one folder, or the seed-K folders below a common one."""
 
     folder: RunFolder
-    runs: list[Run]
+    runs: list[SeedRun]
     label: str = field(default="")  # the preset, and the folder where two experiments share a name
 
     @property
@@ -40,6 +40,19 @@ class ExperimentRuns:
 
     def stat(self, split: str, key: str) -> Summary:
         return summarise(self.values(split, key))
+
+    @property
+    def parameters(self) -> int:
+        return self.runs[0].metrics.parameters
+
+    def epochs(self, phase: str) -> float:
+        """Mean epochs trained in "phase1" or "phase2" over the seeds."""
+        return summarise([r.metrics.epochs[phase] for r in self.runs]).mean
+
+    @property
+    def wall_seconds(self) -> float:
+        """The experiment's share of the wall time of the stacks its seeds trained in."""
+        return sum(r.metrics.wall_seconds / r.metrics.stack_size for r in self.runs)
 
     def mean_score(self, split: str) -> Score:
         return Score(loss=self.stat(split, "loss").mean, accuracy=self.stat(split, "accuracy").mean)
@@ -70,9 +83,9 @@ def discover(paths: list[Path], problems: list[str] | None = None) -> list[Exper
 
 def _experiments_in(folder: RunFolder, problems: list[str] | None) -> list[ExperimentRuns]:
     if seeds := folder.seeds():  # a multi-seed run, even over an older single run's files
-        return [ExperimentRuns(folder, [Run.load(f) for f in seeds])]
+        return [ExperimentRuns(folder, [SeedRun.load(f) for f in seeds])]
     if folder.is_finished:
-        return [ExperimentRuns(folder, [Run.load(folder)])]
+        return [ExperimentRuns(folder, [SeedRun.load(folder)])]
     if folder.path.is_dir():
         children = [RunFolder(c) for c in sorted(folder.path.iterdir()) if c.is_dir() and not c.name.startswith(".")]
         if any(c.is_finished or c.seeds() for c in children):

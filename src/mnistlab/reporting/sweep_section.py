@@ -18,8 +18,8 @@ from pathlib import Path
 from mnistlab.evaluation import figures
 from mnistlab.evaluation.statistics import Summary, summarise
 from mnistlab.reporting.document import Heading, Image, Paragraph, Table
-from mnistlab.study import ownership
-from mnistlab.study.sweep_folder import RECORD, read_rows
+from mnistlab.studies import ownership
+from mnistlab.studies.sweep_folder import RECORD, read_rows
 
 
 def is_sweep(folder: Path) -> bool:
@@ -185,23 +185,28 @@ def section(folder: Path, figure_path: Path) -> list:
     if record["claim"]:
         blocks.append(Paragraph(f"The lab report: \u201c{record['claim']}\u201d"))
     keys = [key for axis in record["axes"] for key in axis]
+    figures.save(figure(record, points), figure_path)
     if len(record["axes"]) == 2:
-        figures.save(figures.sweep_heatmap(_grid(record, points), f"{record['name']}: validation error"), figure_path)
         best = min(points, key=lambda p: p.validation_loss.mean)
         settings = ", ".join(f"{k.rpartition('.')[2]} = {_show(x_value(best.settings[k]))}" for k in keys)
         found = f"The lowest validation loss is at {settings} ({best.validation_loss.mean:.4f})."
         blocks += [Image(figure_path, f"heat map of validation error, {record['name']}"), Paragraph(found)]
     else:
-        reading = read_curve(points)
-        drawn = figures.sweep_curve(_curve(record, points, reading), f"{record['name']}: validation curve")
-        figures.save(drawn, figure_path)
         blocks += [
             Image(figure_path, f"validation curve, {record['name']}"),
-            Paragraph(sentence(record, points, reading)),
+            Paragraph(sentence(record, points, read_curve(points))),
         ]
     header = [*(k.rpartition(".")[2] for k in keys), "seeds", "train loss", "validation loss", "validation error"]
     rows = [[*(_show(x_value(p.settings[k])) for k in keys), *_numbers(p)] for p in points]
     return [*blocks, Table(header, rows), Paragraph(f"Every run: {folder / 'sweep.csv'}.")]
+
+
+def figure(record: dict, points: list[PointSummary]):
+    """The sweep's figure: its validation curve, or over two axes a heat map of validation error."""
+    if len(record["axes"]) == 2:
+        return figures.sweep_heatmap(_grid(record, points), f"{record['name']}: validation error")
+    reading = read_curve(points)
+    return figures.sweep_curve(_curve(record, points, reading), f"{record['name']}: validation curve")
 
 
 def _listed(names: list[str], shown: int = 5) -> str:

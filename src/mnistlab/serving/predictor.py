@@ -9,7 +9,7 @@ from mnistlab.files import parse_json, read_limited
 from mnistlab.nn.mlp import logits
 from mnistlab.serving.prediction import Reader
 from mnistlab.spec import Architecture
-from mnistlab.study.folder import RunFolder
+from mnistlab.studies.folder import RunFolder
 
 FALLBACK_THRESHOLD = 0.5  # for run folders written before analysis.json carried one
 

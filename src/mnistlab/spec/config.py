@@ -196,12 +196,20 @@ def preset_names() -> list[str]:
     )
 
 
-def load(name_or_path: str, overrides: list[str] = ()) -> Experiment:
-    """A preset by name, or a TOML file by path, resolved and checked, with `key=value` overrides."""
+def load(name_or_path: str, overrides: list[str] = (), origin: str = "--set") -> Experiment:
+    """A preset by name, or a TOML file by path, resolved and checked, with `key=value` overrides; an
+    error in an override names `origin`, where it came from."""
     table, name = _resolve(str(name_or_path), seen=())
     for override in overrides:
-        _apply_override(table, override)
+        _apply_override(table, override, origin)
     return _build(name, table)
+
+
+def short_keys() -> dict[str, str]:
+    """Every key a run may change, by its own name: `l2` -> `model.l2`, `patience` -> `early_stopping.patience`.
+    Names are unique across the tables, which is what lets the Python API take them as keyword arguments."""
+    found = {key: f"{section}.{key}" if section else key for section, rules in SCHEMA.items() for key in rules}
+    return {key: dotted for key, dotted in found.items() if key not in ("extends", "description")}
 
 
 def read_toml_file(path: Path) -> dict:
@@ -304,20 +312,20 @@ def shown(value, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _apply_override(table: dict, override: str) -> None:
+def _apply_override(table: dict, override: str, origin: str) -> None:
     dotted, sep, text = override.partition("=")
     dotted = dotted.strip()
     if not sep or not dotted:
-        raise ConfigError(f"--set {override!r}: expected key=value, e.g. train.epochs=5")
+        raise ConfigError(f"{origin} {override!r}: expected key=value, e.g. train.epochs=5")
     try:
         value = parse_toml(f"value = {text.strip()}")["value"]
     except tomllib.TOMLDecodeError:
         value = text.strip()  # a bare word such as full or relu
     except ValueError as exc:
-        raise ConfigError(f"--set {dotted}: {exc}") from None
+        raise ConfigError(f"{origin} {dotted}: {exc}") from None
     if dotted == "extends":
-        raise ConfigError("--set: extends is only for files; run the other preset instead")
-    check_value(dotted, value, "--set")
+        raise ConfigError(f"{origin}: extends is only for files; run the other preset instead")
+    check_value(dotted, value, origin)
     section, _, key = dotted.rpartition(".")
     (table.setdefault(section, {}) if section else table)[key] = value
 

@@ -1,4 +1,17 @@
-"""The engine's options, by name: torch-free, so that a command line can offer them without loading torch."""
+"""The engine's options, by name: torch-free, so that a command line can offer them without loading torch.
+One value of `EngineOptions` travels from the command line or the Python API to every stack, and each
+machine resolves it for its own hardware (`engine.Engine.create`)."""
+
+from dataclasses import dataclass
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to train, as asked: the device, the matmuls' precision, whether to compile the step."""
+
+    device: str = "auto"  # auto: CUDA where PyTorch sees it
+    precision: str = "auto"  # auto: bf16 where the hardware multiplies it natively, and it pays
+    compile: bool = True

@@ -1,5 +1,5 @@
 """Progress of a stack in training: Keras-like bars, one per epoch, with live loss and accuracy, and a
-count of the epochs its models have trained and have left, for a plan's one bar (`study.progress`).
+count of the epochs its models have trained and have left, for a plan's one bar (`studies.progress`).
 Off, they cost nothing: no bar, and no host sync inside an epoch."""
 
 from collections.abc import Callable

@@ -14,12 +14,13 @@ import torch
 
 from mnistlab import data
 from mnistlab.errors import MnistlabError
-from mnistlab.study.executors import StackOutcome, StackTask, executor
-from mnistlab.study.folder import RunFolder
-from mnistlab.study.plan import PlannedRun, Stack, stacks, twins
-from mnistlab.study.progress import PlanProgress
-from mnistlab.study.write import write_aggregate, write_run
+from mnistlab.studies.executors import StackOutcome, StackTask, executor
+from mnistlab.studies.folder import RunFolder
+from mnistlab.studies.plan import PlannedRun, Stack, stacks, twins
+from mnistlab.studies.progress import PlanProgress
+from mnistlab.studies.write import write_aggregate, write_run
 from mnistlab.train.calibration import Calibration
+from mnistlab.train.choices import EngineOptions
 from mnistlab.version import __version__
 
 
@@ -29,9 +30,7 @@ class Placement:
     and a Dask cluster's address or None. `workers` (None: the calibration's) local processes."""
 
     tuned: Calibration
-    device: str = "auto"
-    precision: str = "auto"
-    compile: bool = True
+    engine: EngineOptions = EngineOptions()
     cluster: str | None = None
     workers: int | None = None
 
@@ -143,9 +142,7 @@ def _task(key: int, token: str, stack: Stack, dataset: data.Dataset, placement: 
         members=tuple(r.experiment.hyperparameters for r in stack),
         batch_size=first.batch_size,
         source=_source(stack),
-        device=placement.device,
-        precision=placement.precision,
-        compile=placement.compile,
+        engine=placement.engine,
         threads=threads,
         label=first.name if rows == 1 else f"{rows} models",
     )

@@ -31,8 +31,9 @@ from mnistlab.errors import MnistlabError
 from mnistlab.extras import installed, require
 from mnistlab.records import RunResult
 from mnistlab.spec import Architecture, Hyperparameters
-from mnistlab.study.progress import TOPIC
+from mnistlab.studies.progress import TOPIC
 from mnistlab.train import calibration
+from mnistlab.train.choices import EngineOptions
 from mnistlab.train.engine import Engine, flush_denormals
 from mnistlab.train.hardware import cores, machine
 from mnistlab.train.progress import ProgressBars, Report
@@ -60,9 +61,7 @@ class StackTask:
     members: tuple[Hyperparameters, ...]
     batch_size: int | None
     source: tuple[str, int]  # the data set: (name, validation size)
-    device: str
-    precision: str
-    compile: bool
+    engine: EngineOptions
     threads: int  # wherever it trains, so that a stack trained again elsewhere gives the same bits
     label: str
     key: int = 0  # the stack's number in its plan, which its progress counts are told under
@@ -84,7 +83,7 @@ def train_stack(
     task: StackTask, data: Dataset | PackedDataset, progress: bool = False, report: Report | None = None
 ) -> StackOutcome:
     """Train one stack here (in the driver or in a worker) with the lab's protocol. Its epoch counts go
-    to `report`, or from a Dask worker to the driver as events (`study.progress`)."""
+    to `report`, or from a Dask worker to the driver as events (`studies.progress`)."""
     dataset = _unpacked(data) if isinstance(data, PackedDataset) else data
     if report is None and (worker := _worker()) is not None:
 
@@ -97,9 +96,10 @@ def train_stack(
     with _without_worker_profiler():
         try:
             flush_denormals()
-            device = Engine.create(task.device).device
+            device = Engine.create(task.engine.device).device
             tuned = calibration.known(device)  # this machine's, if it has been measured; never measured here
-            engine = Engine.create(task.device, task.precision, task.compile, tuned.bf16_min_macs)
+            asked = task.engine
+            engine = Engine.create(asked.device, asked.precision, asked.compile, tuned.bf16_min_macs)
             results = train_protocol(
                 task.arch,
                 list(task.members),

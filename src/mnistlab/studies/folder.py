@@ -35,7 +35,7 @@ from mnistlab.records import History, Metrics
 if TYPE_CHECKING:
     import torch
 from mnistlab.spec import Architecture, Experiment
-from mnistlab.study import ownership
+from mnistlab.studies import ownership
 
 TEXT_BYTES = 64 << 20  # of any text file of a run folder: analysis.json of a poor model is about 1 MB
 _SEED_NAME = re.compile(r"seed-(0|[1-9][0-9]{0,9})")
@@ -180,15 +180,16 @@ class RunFolder:
 
 
 @dataclass
-class Run:
-    """A finished run, read back from its folder."""
+class SeedRun:
+    """One seed's finished run, read back from its folder (a run folder, or a seed-K folder below a
+    multi-seed one)."""
 
     folder: RunFolder
     metrics: Metrics
     history: History
 
     @classmethod
-    def load(cls, folder: RunFolder | Path | str) -> "Run":
+    def load(cls, folder: RunFolder | Path | str) -> "SeedRun":
         folder = folder if isinstance(folder, RunFolder) else RunFolder(folder)
         if not folder.is_finished:
             raise MnistlabError(f"{folder.path}: not a finished run folder (no {RunFolder.METRICS})")

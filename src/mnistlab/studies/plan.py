@@ -13,7 +13,7 @@ from itertools import accumulate, pairwise
 from mnistlab.errors import ConfigError
 from mnistlab.spec import Experiment, StepWork, leaders
 from mnistlab.spec.config import MAX_SEED
-from mnistlab.study.folder import RunFolder
+from mnistlab.studies.folder import RunFolder
 
 MAX_RUNS = 10_000  # in one plan: a plan is made whole, and its folders claimed, before anything trains
 
@@ -22,10 +22,11 @@ MAX_RUNS = 10_000  # in one plan: a plan is made whole, and its folders claimed,
 class PlannedRun:
     experiment: Experiment  # its seed is the run's seed
     folder: RunFolder
+    label: str = ""  # what the log calls it, where its experiment's name does not tell it (a sweep's point)
 
     @property
     def name(self) -> str:
-        return f"{self.experiment.name} (seed {self.experiment.seed})"
+        return f"{self.label or self.experiment.name} (seed {self.experiment.seed})"
 
 
 def check_size(runs: int, what: str) -> None:
@@ -35,7 +36,7 @@ def check_size(runs: int, what: str) -> None:
         raise ConfigError(f"{what}: {runs:,} runs, over the limit of {MAX_RUNS:,} in one plan")
 
 
-def seed_runs(experiment: Experiment, folder: RunFolder, seeds: int = 1) -> list[PlannedRun]:
+def seed_runs(experiment: Experiment, folder: RunFolder, seeds: int = 1, label: str = "") -> list[PlannedRun]:
     """One run in `folder`, or `seeds` runs (the experiment's seed and the next ones) in its seed-K folders."""
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ConfigError(f"seeds must be a whole number, at least 1, got {seeds!r}")
@@ -45,9 +46,9 @@ def seed_runs(experiment: Experiment, folder: RunFolder, seeds: int = 1) -> list
             f"{experiment.name}: seeds {experiment.seed} to {experiment.seed + seeds - 1} go past {MAX_SEED}"
         )
     if seeds == 1:
-        return [PlannedRun(experiment, folder)]
+        return [PlannedRun(experiment, folder, label)]
     first = experiment.seed
-    return [PlannedRun(experiment.with_seed(s), folder.seed(s)) for s in range(first, first + seeds)]
+    return [PlannedRun(experiment.with_seed(s), folder.seed(s), label) for s in range(first, first + seeds)]
 
 
 def twins(runs: list[PlannedRun]) -> dict[tuple, list[PlannedRun]]:

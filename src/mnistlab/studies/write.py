@@ -20,8 +20,8 @@ from mnistlab.nn.summary import summary
 from mnistlab.records import Fit, History, Metrics, RunResult
 from mnistlab.spec import Architecture, Experiment
 from mnistlab.spec.config import to_toml
-from mnistlab.study import ownership
-from mnistlab.study.folder import Run, RunFolder
+from mnistlab.studies import ownership
+from mnistlab.studies.folder import RunFolder, SeedRun
 
 
 def write_run(
@@ -141,7 +141,7 @@ def _swap_into_place(building: Path, target: Path) -> None:
 
 def write_aggregate(parent: RunFolder) -> dict:
     """aggregate.json and banded curves for the seeds in `parent`: mean, std and 95% interval of every metric."""
-    runs = [Run.load(f) for f in parent.seeds()]
+    runs = [SeedRun.load(f) for f in parent.seeds()]
     first = runs[0].metrics
     aggregate = {
         "preset": first.preset,

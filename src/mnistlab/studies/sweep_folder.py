@@ -18,8 +18,8 @@ from mnistlab.errors import MnistlabError
 from mnistlab.extras import require
 from mnistlab.files import json_text, parse_json, read_limited, write_atomic
 from mnistlab.spec.sweep import Point, Sweep, unique
-from mnistlab.study.folder import RunFolder
-from mnistlab.study.plan import PlannedRun
+from mnistlab.studies.folder import RunFolder
+from mnistlab.studies.plan import PlannedRun
 
 RECORD, TABLE = "sweep.json", "sweep.csv"
 RECORD_BYTES = 64 << 20
