@@ -20,7 +20,8 @@ import torch
 
 from mnistlab import data
 from mnistlab.spec import config
-from mnistlab.train import calibration, hardware
+from mnistlab.train import hardware
+from mnistlab.train import probes as probe_stacks
 from mnistlab.train.engine import Engine, flush_denormals
 from mnistlab.train.fit import Lockstep, Totals, epoch_batches
 from mnistlab.train.protocol import streams
@@ -72,14 +73,15 @@ def main() -> None:
     rounds, probes = {}, {}
     for members in args.sizes:
         first, rounds[members] = study_stack(dataset, experiments, members)
-        probes[members] = calibration._compiled_stack(torch.device("cpu"), members)
+        probes[members] = probe_stacks._stack(torch.device("cpu"), members)[0]
         print(f"stack of {members}: first step {first:.1f} s (compiled, or loaded where stored)", flush=True)
     study = {m: [] for m in args.sizes}
     probe = {m: [] for m in args.sizes}
     for _ in range(args.rounds):
         for members in args.sizes:
             study[members].append(rounds[members]())
-            probe[members].append(calibration._seconds_per_model_step(probes[members], members) * 1e3)
+            seconds = probe_stacks._seconds(probes[members], probe_stacks.PROBE_STEPS, torch.device("cpu"))
+            probe[members].append(seconds / members * 1e3)
     print("\n| members | study's stack, ms per model-step (median, range) | calibration's probe |")
     print("|---|---|---|")
     for m in args.sizes:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mnistlab.cli import main
-from mnistlab.train import calibration, hardware
+from mnistlab.train import calibration, hardware, probes
 from mnistlab.train.calibration import Calibration, CalibrationWarning, Probe, decide
 
 CPU = torch.device("cpu")
@@ -123,6 +123,93 @@ def test_off_measures_nothing(cache, monkeypatch):
 @pytest.mark.slow
 def test_measuring_writes_a_cache_that_reads_back(cache):
     measured = calibration.calibration(CPU, log=lambda _: None)  # about 1.5 minutes on 2 cores: it compiles
-    assert {p.members for p in measured.probes} == set(calibration.PROBE_MEMBERS["cpu"])
+    assert {p.members for p in measured.probes} == set(probes.PROBE_MEMBERS["cpu"])
     assert all(p.seconds_per_model_step > 0 for p in measured.probes)
     assert calibration.read(cache, hardware.machine(CPU)) == measured
+
+
+# --- compile only when it pays -----------------------------------------------------------------------------
+
+
+def test_a_stack_compiles_only_where_its_steps_win_the_compile_back():
+    tuned = _measured(compile_seconds=30.0, eager_saving=1e-4)  # 0.1 ms per model, layer and step
+    assert not tuned.compiles(layers=2, members=1, steps=3_438)  # provided, one epoch: 0.7 s saved
+    assert not tuned.compiles(layers=6, members=2, steps=6_876)  # two powerful models, two epochs: 8 s
+    assert tuned.compiles(layers=6, members=6, steps=6_876)  # six, two epochs: 25 s, over half the 30
+    assert tuned.compiles(layers=6, members=4, steps=171_900)  # the study's stack of four, 50 epochs
+    assert tuned.break_even_epochs(members=4) == pytest.approx(30.0 / (2 * 1e-4 * 6 * 4 * (1563 + 1875)))
+
+
+@pytest.mark.parametrize(("compile", "expected"), [("auto", False), (True, True), (False, False)])
+def test_the_engine_follows_the_choice_and_the_run_records_it(tmp_path, data_env, compile, expected):
+    from mnistlab import api
+
+    run = api.run("provided", epochs=1, batch_size=1000, compile=compile, out=tmp_path / "run", quiet=True)
+    assert run.seed_runs[0].folder.read_environment()["compiled"] is expected
+
+
+# --- a busy machine ----------------------------------------------------------------------------------------
+
+
+def test_probes_that_were_crowded_out_or_disagree_say_the_machine_was_busy():
+    groups = [(2, 1, 4, None), (1, 2, 4, None)]
+    quiet = [[(4e-4, 0.99), (4.1e-4, 0.98)], [(5e-4, 0.7), (5.1e-4, 0.7)]]  # two threads need not be busy
+    assert probes._busy(0.05, groups, quiet) is None
+    assert "got 55% of their cores" in probes._busy(0.05, groups, [[(8e-4, 0.55), (8e-4, 0.55)], quiet[1]])
+    assert "differed 2.0x" in probes._busy(0.05, groups, [[(4e-4, 0.99), (8e-4, 0.99)], quiet[1]])
+    assert "70% busy with other work" in probes._busy(0.7, groups, quiet)
+
+
+def test_a_provisional_calibration_is_used_until_a_quiet_machine_measures_it_again(cache, monkeypatch):
+    busy = _measured(threads_alone=1, provisional="a probe got 40% of its core")
+    settled = _measured(threads_alone=2)
+    _store(cache, busy)
+    monkeypatch.setattr(calibration, "from_probes", lambda device: settled)
+    monkeypatch.setattr(calibration, "busy_share", lambda: 0.9)  # still busy: the provisional one, as it is
+    assert calibration.calibration(CPU, log=lambda _: None) == busy
+    monkeypatch.setattr(calibration, "busy_share", lambda: 0.02)  # quiet: measured again, and settled
+    lines = []
+    assert calibration.calibration(CPU, log=lines.append) == settled
+    assert "was provisional (a probe got 40% of its core)" in lines[0]
+    assert calibration.read(cache, hardware.machine(CPU)) == settled
+
+
+def test_real_stacks_much_faster_than_the_probes_make_the_calibration_provisional(cache, capsys, monkeypatch):
+    _store(cache, _measured())
+    monkeypatch.setattr(calibration, "busy_share", lambda: 0.9)  # not quiet enough to measure again here
+    probe_rate = calibration.macs_per_model_step(probes.PROBE_ARCH, 32) / (4e-4 * 2)  # per worker, (2, 1)
+    usual = calibration.Achieved(2, 1, 3, 0.8 * probe_rate)
+    assert calibration.record(CPU, [usual]).provisional is None
+    faster = calibration.Achieved(2, 1, 3, 3.0 * probe_rate)
+    updated = calibration.record(CPU, [faster])
+    assert "real stacks trained 3.0x as fast as the probes measured" in updated.provisional
+    assert calibration.read(cache, hardware.machine(CPU)).achieved == (usual, faster)
+    assert main(["calibrate"]) == 0
+    out = capsys.readouterr().out
+    assert "PROVISIONAL: real stacks trained 3.0x" in out and "3.00x the probes'" in out
+    assert "a stack compiles when that wins the compile back" in out
+
+
+@pytest.mark.slow
+def test_a_calibration_beside_a_cpu_hog_is_not_settled_and_a_quiet_one_replaces_it(cache):
+    """A process spinning on every core while the probes run: the answer is cached as provisional, never
+    as settled; once the hog is gone the next command measures again and settles it."""
+    import multiprocessing
+
+    hogs = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(hardware.cores())]
+    for hog in hogs:
+        hog.start()
+    try:
+        busy = calibration.calibration(CPU, log=lambda _: None)
+    finally:
+        for hog in hogs:
+            hog.kill()
+    assert busy.provisional, busy.describe()
+    quiet = calibration.calibration(CPU, log=lambda _: None)
+    assert quiet.provisional is None and quiet.probes != busy.probes
+    assert calibration.read(cache, hardware.machine(CPU)).provisional is None
+
+
+def _spin() -> None:
+    while True:
+        pass

@@ -125,7 +125,7 @@ def test_the_calibration_cache_refuses_the_same_faults_with_a_warning_and_keeps_
     tmp_path, fault, monkeypatch
 ):
     measured = calibration.fixed(torch.device("cpu"))
-    monkeypatch.setattr(calibration, "measure", lambda device: measured)
+    monkeypatch.setattr(calibration, "from_probes", lambda device: measured)
     monkeypatch.delenv(calibration.ENV_VAR, raising=False)
     context, _ = _fault(tmp_path, fault, want_folder=False)
     with context as cache:

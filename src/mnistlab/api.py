@@ -34,7 +34,7 @@ from mnistlab.studies.executors import CLUSTER_ENV_VAR
 from mnistlab.studies.folder import RunFolder
 from mnistlab.studies.plan import PlannedRun, check_size, seed_runs
 from mnistlab.train import calibration
-from mnistlab.train.choices import EngineOptions
+from mnistlab.train.choices import COMPILES, EngineOptions
 from mnistlab.train.engine import Engine
 
 Log = Callable[[str], None]
@@ -70,7 +70,7 @@ def run(
     overwrite: bool = False,
     device: str = "auto",
     precision: str = "auto",
-    compile: bool = True,
+    compile: bool | str = "auto",
     workers: int | None = None,
     cluster: str | None = None,
     progress: bool | None = None,
@@ -88,7 +88,8 @@ def run(
     same config, which is trained again; one of another config only with `overwrite`.
     dataset, data_dir: the data set, and the folder of its four idx files (default: $MNISTLAB_DATA, else
     mnistlab's user cache, downloading there).
-    device ("auto", "cpu", "cuda"), precision ("auto", "fp32", "bf16"), compile: how to train.
+    device ("auto", "cpu", "cuda"), precision ("auto", "fp32", "bf16"), compile (True, False, or "auto":
+    where the run is long enough to win the compile back): how to train.
     workers: local worker processes (default: as this machine's calibration says); cluster: the address
     of a Dask scheduler to train on (default: $MNISTLAB_CLUSTER).
     progress: the live bar (default: on in a notebook or a terminal); quiet: no bar and no messages.
@@ -115,7 +116,7 @@ def study(
     overwrite: bool = False,
     device: str = "auto",
     precision: str = "auto",
-    compile: bool = True,
+    compile: bool | str = "auto",
     workers: int | None = None,
     cluster: str | None = None,
     progress: bool | None = None,
@@ -155,7 +156,7 @@ def sweep(
     overwrite: bool = False,
     device: str = "auto",
     precision: str = "auto",
-    compile: bool = True,
+    compile: bool | str = "auto",
     workers: int | None = None,
     cluster: str | None = None,
     progress: bool | None = None,
@@ -236,7 +237,7 @@ class _Request:
         return config.load(preset, [*first, *self.changes, *last])
 
     def train(self, planned: list[PlannedRun]) -> None:
-        engine = Engine.create(self.engine.device, self.engine.precision, self.engine.compile)  # checks the names
+        engine = Engine.create(self.engine.device, self.engine.precision)  # checks the names before anything runs
         tuned = calibration.calibration(engine.device, log=self.log)
         placement = Placement(tuned, self.engine, self.cluster, self.workers)
         # Files in a --data-dir say which data set they are, unless a data set was named.
@@ -277,7 +278,7 @@ def _request(given: dict, keys: dict) -> _Request:
         overwrite=bool(given["overwrite"]),
         dataset=given["dataset"],
         data_dir=Path(given["data_dir"]) if given["data_dir"] else None,
-        engine=EngineOptions(given["device"], given["precision"], bool(given["compile"])),
+        engine=EngineOptions(given["device"], given["precision"], _compile_choice(given["compile"])),
         cluster=given["cluster"] or os.environ.get(CLUSTER_ENV_VAR) or None,
         workers=given["workers"],
         progress=not quiet and (interactive() if progress is None else bool(progress)),
@@ -316,6 +317,12 @@ def _key_changes(keys: dict) -> list[str]:
 def _plain(value):
     """A numpy scalar as the Python number it holds; anything else as it is."""
     return value.item() if hasattr(value, "item") and getattr(value, "shape", None) == () else value
+
+
+def _compile_choice(value) -> bool | str:
+    if value not in COMPILES or isinstance(value, int) and not isinstance(value, bool):
+        raise ConfigError(f'compile must be True, False or "auto", got {value!r}')
+    return value
 
 
 def _check_whole(name: str, value, least: int) -> None:

@@ -236,11 +236,17 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="of the training matmuls (default: auto, bf16 where the hardware has it natively)",
     )
-    parser.add_argument(
-        "--no-compile",
+    compiling = parser.add_mutually_exclusive_group()
+    compiling.add_argument(
+        "--compile",
         dest="compile",
-        action="store_false",
-        help="run the training step eagerly instead of through torch.compile",
+        action="store_const",
+        const=True,
+        default="auto",
+        help="always compile the training step (default: where the run is long enough to win the compile back)",
+    )
+    compiling.add_argument(
+        "--no-compile", dest="compile", action="store_const", const=False, help="always run the step eagerly"
     )
     parser.add_argument(
         "--cluster",

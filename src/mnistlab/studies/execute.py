@@ -14,13 +14,16 @@ import torch
 
 from mnistlab import data
 from mnistlab.errors import MnistlabError
+from mnistlab.spec import leaders
 from mnistlab.studies.executors import StackOutcome, StackTask, executor
 from mnistlab.studies.folder import RunFolder
 from mnistlab.studies.plan import PlannedRun, Stack, stacks, twins
 from mnistlab.studies.progress import PlanProgress
 from mnistlab.studies.write import write_aggregate, write_run
+from mnistlab.train import calibration
 from mnistlab.train.calibration import Calibration
 from mnistlab.train.choices import EngineOptions
+from mnistlab.train.probes import PROBE_BATCH
 from mnistlab.version import __version__
 
 
@@ -73,14 +76,39 @@ def execute(
         planned = {task.key: 2 * sum(member.epochs for member in task.members) for task in tasks}
         bar = PlanProgress(planned, len(runs), progress)
         writer = _Writer(runs, served, bar.around(log))
+        reached = []
         try:
             for task, outcome in where.run(tasks, datasets, bar.stack):
                 bar.ran(writer.write(plan[task.key], task, outcome, datasets[task.source]))
+                reached += [] if placement.cluster else _reached(task, outcome, datasets[task.source], where.workers)
         finally:
             bar.close()
+    calibration.record(torch.device("cpu"), reached)
     if writer.diverged:
         more = f" (and {len(writer.diverged) - 1} more)" if len(writer.diverged) > 1 else ""
         raise MnistlabError(f"{writer.diverged[0]}{more}; nothing was written for it: lower train.learning_rate")
+
+
+def _reached(task: StackTask, outcome: StackOutcome, dataset: data.Dataset, processes: int) -> list:
+    """What a stack of this machine reached, where it is comparable with the calibration's probes: float32
+    steps at the probes' batch on the CPU."""
+    engine = outcome.engine
+    if (
+        engine.device.type != "cpu"
+        or task.batch_size != PROBE_BATCH
+        or engine.bf16_layers(task.arch.shapes, PROBE_BATCH)
+    ):
+        return []
+    rows = sorted(set(leaders(list(task.members))))
+    sizes = dataset.split_sizes()
+    steps = sum(
+        outcome.results[r].phase1.epochs * (sizes["train"] // PROBE_BATCH)
+        + outcome.results[r].phase2.epochs * (sizes["full"] // PROBE_BATCH)
+        for r in rows
+    )
+    seconds = outcome.results[0].seconds
+    macs = calibration.macs_per_model_step(task.arch, PROBE_BATCH) * steps
+    return [calibration.Achieved(processes, outcome.threads, len(rows), macs / seconds)] if seconds > 0 else []
 
 
 def _datasets(plan: list[Stack], data_dir: Path | None, identify: bool, progress: bool) -> dict:

@@ -30,14 +30,14 @@ from mnistlab.data import Dataset, PackedDataset
 from mnistlab.errors import MnistlabError
 from mnistlab.extras import installed, require
 from mnistlab.records import RunResult
-from mnistlab.spec import Architecture, Hyperparameters
+from mnistlab.spec import Architecture, Hyperparameters, leaders
 from mnistlab.studies.progress import TOPIC
 from mnistlab.train import calibration
 from mnistlab.train.choices import EngineOptions
 from mnistlab.train.engine import Engine, flush_denormals
 from mnistlab.train.hardware import cores, machine
 from mnistlab.train.progress import ProgressBars, Report
-from mnistlab.train.protocol import train_protocol
+from mnistlab.train.protocol import planned_steps, train_protocol
 
 CLUSTER_ENV_VAR = "MNISTLAB_CLUSTER"
 PlanReport = Callable[[int, int, int], None]  # (stack key, model-epochs done, model-epochs planned)
@@ -98,8 +98,7 @@ def train_stack(
             flush_denormals()
             device = Engine.create(task.engine.device).device
             tuned = calibration.known(device)  # this machine's, if it has been measured; never measured here
-            asked = task.engine
-            engine = Engine.create(asked.device, asked.precision, asked.compile, tuned.bf16_min_macs)
+            engine = _engine(task, tuned, dataset.split_sizes())
             results = train_protocol(
                 task.arch,
                 list(task.members),
@@ -130,6 +129,17 @@ def _without_worker_profiler() -> Iterator[None]:
         yield
     finally:
         worker.loop.add_callback(sampling.start)
+
+
+def _engine(task: StackTask, tuned: calibration.Calibration, sizes: dict[str, int]) -> Engine:
+    """The engine the task asked for, on this machine: `compile="auto"` compiles where the stack's planned
+    steps win the compile back, as this machine's calibration measured it."""
+    asked, rows = task.engine, len(set(leaders(list(task.members))))
+    compiles = asked.compile
+    if compiles == "auto":
+        steps = planned_steps(list(task.members), (sizes["train"], sizes["full"]), task.batch_size)
+        compiles = tuned.compiles(len(task.arch.shapes), rows, steps)
+    return Engine.create(asked.device, asked.precision, bool(compiles), tuned.bf16_min_macs)
 
 
 def _worker():

@@ -1,51 +1,47 @@
-"""How this machine wants to train, measured on it once and cached: stack size, worker processes and
-threads, and the smallest matmul worth running in bf16.
+"""How this machine wants to train, measured on it and cached: stack size, worker processes and threads,
+the smallest matmul worth running in bf16, and when compiling a step pays for itself.
 
-None of these is a property of the code, and none can be read off a single process: two
-single-threaded processes side by side can each run far slower than one alone. So the calibration
-measures what it would decide between, as it would run: the real, compiled step of the final model on
-synthetic data, at a small and a large stack, in one process using every core and in one
-single-threaded process per core, side by side. The large probe is 8 members, not more (larger stacks
-cost more per model on some CPUs), and the probes' stacks mix the study's regularisers as its stacks
-do. Between the two ways to use the cores, ties go to the worker processes: a plan's small stacks split
-less evenly over threads than the probes do. The measurements behind each choice are in
-benchmarks/README.md ("What the code's comments measured").
+The probes (`train.probes`) measure what the calibration decides between, as it would run. Between the
+two ways to use the cores, ties go to the worker processes: a plan's small stacks split less evenly over
+threads than the probes do (benchmarks/README.md, "What the code's comments measured"). A compiled step
+saves time on every step and costs a compile once: a stack compiles only when its planned steps save
+more than the compile costs (`compiles`), so a one-epoch smoke run trains eagerly and a study compiles.
 
-The cache holds one file per machine (CPU or GPU model, core count, torch version) in the user cache;
-a CPU's model is its name, family, model number and stepping, and its vector instruction sets, since
-its name alone ("AMD EPYC") does not tell a Zen 3 without AVX-512 from a Zen 4 with bf16.
+A busy machine makes wrong measurements, and a calibration is cached. So a measurement the probes found
+disturbed (`Measured.busy`) is cached as provisional, used, and measured again by the first command that
+finds the machine quiet. Real runs check it too: stacks that train much faster than the probes said the
+layout could say the probes were slowed, and make it provisional again (`record`).
+
+The cache holds one file per machine (CPU or GPU model, core count, torch version) in the user cache.
 A file that does not parse, or that describes another machine, is ignored with a warning and measured
-again. What the calibration decides changes how runs group into stacks and how many threads multiply
-their matrices, so the last bits of their numbers (README, Determinism); on one machine with one cache
-a run gives the same bits every time. MNISTLAB_CALIBRATION=off skips it for fixed, unmeasured settings.
+again. What the calibration decides changes how runs group into stacks, how many threads multiply their
+matrices and which steps compile, so the last bits of their numbers (docs, Determinism); on one machine
+with one settled calibration a run gives the same bits every time. MNISTLAB_CALIBRATION=off uses fixed,
+unmeasured settings.
 """
 
-import contextlib
 import hashlib
 import json
-import multiprocessing
 import os
-import statistics
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from mnistlab.errors import MnistlabError
 from mnistlab.files import check_output, json_text, parse_json, read_limited, write_atomic
-from mnistlab.spec import Architecture, Hyperparameters
-from mnistlab.train.engine import EMULATED_BF16_MIN_MACS, Engine, flush_denormals
+from mnistlab.spec import Architecture
+from mnistlab.train.engine import EMULATED_BF16_MIN_MACS
 from mnistlab.train.hardware import bf16_hardware, cores, machine
+from mnistlab.train.probes import PROBE_ARCH, PROBE_BATCH, Probe, busy_share, measure
 
 ENV_VAR = "MNISTLAB_CALIBRATION"
-FORMAT = 3  # 2: probes of mixed regularisers, up to 8 members on a CPU; 3: ties go to the workers
-PROBE_ARCH = Architecture(784, (128, 128, 64, 64, 32))  # the lab's final model, which most runs are
-PROBE_BATCH = 32
-PROBE_MEMBERS = {"cpu": (4, 8), "cuda": (16, 256)}  # a small and a large stack
-PROBE_STEPS = 100  # per round
-PROBE_ROUNDS = 3
+FORMAT = 4  # 3: ties go to the workers; 4: compile economics, provisional measurements, achieved rates
+FIXED_COMPILE_SECONDS, FIXED_EAGER_SAVING = 30.0, 1e-4  # unmeasured: a cold compile, 0.1 ms per model-layer
+FASTER = 1.5  # real stacks this much faster than the probes said mean the probes were slowed
+ACHIEVED_KEPT = 32
 
 
 class CalibrationWarning(UserWarning):
@@ -53,14 +49,14 @@ class CalibrationWarning(UserWarning):
 
 
 @dataclass(frozen=True)
-class Probe:
-    """One measurement: `processes` side by side, each with `threads` threads, each training a stack of
-    `members` models; seconds per model and step of them all (the inverse of their summed speed)."""
+class Achieved:
+    """What a real stack reached: its layout (one of `processes` side by side, with `threads` threads),
+    and the multiply-adds per second of its training steps, over the whole stack."""
 
     processes: int
     threads: int
     members: int
-    seconds_per_model_step: float
+    macs_per_second: float
 
 
 @dataclass(frozen=True)
@@ -73,32 +69,53 @@ class Calibration:
     bf16_min_macs: int | None  # the smallest layer (multiply-adds per batch) that pays in bf16; None: none does
     probes: tuple[Probe, ...] = ()
     seconds: float = 0.0  # what measuring took
+    compile_seconds: float = FIXED_COMPILE_SECONDS  # compiling a training step
+    eager_saving: float = FIXED_EAGER_SAVING  # seconds a compiled step saves, per model, layer and step
+    provisional: str | None = None  # why this is not settled: measured again when the machine is quiet
+    measured_at: str = ""  # when the probes ran
+    achieved: tuple[Achieved, ...] = ()
+
+    def compiles(self, layers: int, members: int, steps: int) -> bool:
+        """Whether a stack of `members` models of `layers` Dense layers, planned for `steps` steps, wins
+        back a compile: what its compiled steps save over the eager ones, against half what compiling
+        costs. Half: a compiled step is stored, and the next process of the machine loads it, and the
+        saving per model and layer is an average that steps with dropout masks exceed."""
+        return 2 * steps * self.eager_saving * layers * members > self.compile_seconds
+
+    def break_even_epochs(self, arch: Architecture = PROBE_ARCH, members: int = 1) -> float:
+        """Epochs of both phases at batch 32 (50k and 60k images) from which such a stack compiles."""
+        steps_per_epoch = -(-50_000 // PROBE_BATCH) + -(-60_000 // PROBE_BATCH)
+        return self.compile_seconds / (2 * self.eager_saving * len(arch.shapes) * members * steps_per_epoch)
 
     def describe(self) -> str:
         lines = [f"{key:<8} {value}" for key, value in self.machine.items()]
         workers = "in this process" if self.workers == 1 else f"{self.workers} worker processes"
+        bf16 = "no layer pays" if self.bf16_min_macs is None else f"layers of {self.bf16_min_macs:,} multiply-adds"
         lines += [
             f"workers  {workers}, {self.threads} thread{'s' if self.threads > 1 else ''} each"
             f" ({self.threads_alone} for a stack alone)",
             f"stacks   up to {self.stack_rows} rows per step ({self.stack_rows // PROBE_BATCH} models at batch 32)",
-            "bf16     "
-            + (
-                "no layer pays"
-                if self.bf16_min_macs is None
-                else f"layers of {self.bf16_min_macs:,} multiply-adds per batch or more"
-            ),
+            f"bf16     {bf16}{' per batch or more' if self.bf16_min_macs is not None else ''}",
+            f"compile  a step takes {self.compile_seconds:.0f} s to compile and saves {self.eager_saving * 1e3:.3f} ms"
+            " per model, layer and step: a stack compiles when that wins the compile back; the final model"
+            f" alone from {self.break_even_epochs():.1f} epochs (both phases, batch 32), four of them from"
+            f" {self.break_even_epochs(members=4):.1f}; shorter runs train eagerly",
         ]
         if self.probes:
-            lines.append(
-                f"measured in {self.seconds:.0f} s, seconds per model and step of the final model at batch 32:"
-            )
+            source = f"measured {self.measured_at} in {self.seconds:.0f} s" if self.measured_at else "measured"
+            lines.append(f"{source}; seconds per model and step of the final model at batch 32:")
             lines += [
                 f"  {p.processes} process(es) of {p.threads} thread(s), {p.members:>3} models each: "
                 f"{p.seconds_per_model_step * 1e3:.3f} ms"
                 for p in self.probes
             ]
         else:
-            lines.append(f"not measured (${ENV_VAR}=off): fixed settings")
+            lines.append(f"not measured (${ENV_VAR}=off): fixed settings, and the compile figures above are guesses")
+        if self.provisional:
+            lines.append(f"PROVISIONAL: {self.provisional}; measured again when this machine is quiet")
+        if self.achieved:
+            lines.append(f"real stacks since: {len(self.achieved)}, their speed against the probes':")
+            lines += [f"  {line}" for line in _achieved_lines(self)]
         return "\n".join(lines)
 
 
@@ -110,21 +127,54 @@ def fixed(device: torch.device) -> Calibration:
 
 
 def calibration(device: torch.device, redo: bool = False, log=print) -> Calibration:
-    """This machine's calibration: the cached one, or measured now (and cached) the first time or with `redo`."""
+    """This machine's calibration: the cached one; measured now (and cached) the first time, with `redo`,
+    or where the cached one is provisional and the machine is quiet now."""
     if os.environ.get(ENV_VAR, "").lower() == "off":
         return fixed(device)
     path = cache_path(device)
-    if not redo and (cached := read(path, machine(device))) is not None:
+    cached = None if redo else read(path, machine(device))
+    if cached is not None and not (cached.provisional and busy_share() < 0.25):
         return cached
-    log(f"calibrating this machine once (cached in {path}; `mnistlab calibrate` shows it)")
-    measured = measure(device)
+    if cached is not None:
+        log(f"measuring this machine again: the last calibration was provisional ({cached.provisional})")
+    else:
+        log(f"calibrating this machine (cached in {path}; `mnistlab calibrate` shows it)")
+    measured = from_probes(device)
+    if measured.provisional:
+        log(f"calibration provisional: {measured.provisional}; it is measured again when the machine is quiet")
+    store(path, measured)
+    return measured
+
+
+def from_probes(device: torch.device) -> Calibration:
+    """Measure (`probes.measure`) and decide."""
+    found = measure(device)
+    all_cores = cores() if device.type == "cpu" else 1
+    workers, threads, threads_alone, members = decide(found.probes, all_cores)
+    return Calibration(
+        machine(device),
+        workers,
+        threads,
+        threads_alone,
+        members * PROBE_BATCH,
+        found.bf16_min_macs,
+        found.probes,
+        found.seconds,
+        found.compile_seconds,
+        found.eager_saving if found.eager_saving > 0 else FIXED_EAGER_SAVING,
+        found.busy,
+        time.strftime("%Y-%m-%d %H:%M"),
+    )
+
+
+def store(path: Path, tuned: Calibration) -> None:
+    """Cache the calibration; a cache that cannot be written is a warning, never a failure."""
     try:
         check_output(path, folder=False)
-        write_atomic(path, json_text({"format": FORMAT, **asdict(measured)}))
+        write_atomic(path, json_text({"format": FORMAT, **asdict(tuned)}))
     except (OSError, MnistlabError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        warnings.warn(f"{path}: could not cache the calibration ({reason})", CalibrationWarning, 2)
-    return measured
+        warnings.warn(f"{path}: could not cache the calibration ({reason})", CalibrationWarning, 3)
 
 
 def known(device: torch.device) -> Calibration:
@@ -151,12 +201,15 @@ def read(path: Path, expected: dict) -> Calibration | None:
         if (found_format := stored.pop("format")) != FORMAT:
             raise ValueError(f"format {found_format}, this mnistlab's is {FORMAT}")
         probes = tuple(Probe(**p) for p in stored.pop("probes"))
-        found = Calibration(**stored, probes=probes)
+        achieved = tuple(Achieved(**a) for a in stored.pop("achieved"))
+        found = Calibration(**stored, probes=probes, achieved=achieved)
         numbers = (found.workers, found.threads, found.threads_alone, found.stack_rows)
         if not all(isinstance(n, int) and n >= 1 for n in numbers):
             raise ValueError("counts must be positive integers")
         if not (found.bf16_min_macs is None or isinstance(found.bf16_min_macs, int)):
             raise ValueError("bf16_min_macs must be an integer or null")
+        if not (found.compile_seconds >= 0 and found.eager_saving > 0):
+            raise ValueError("the compile figures must be positive")
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         warnings.warn(f"{path}: ignoring an unreadable calibration ({exc}); measuring again", CalibrationWarning, 3)
         return None
@@ -166,63 +219,12 @@ def read(path: Path, expected: dict) -> Calibration | None:
     return found
 
 
-def measure(device: torch.device) -> Calibration:
-    """Time the compiled training step in probe processes and decide (see the module's docstring).
-
-    The process using every core and the first single-threaded one compile their steps at once, which
-    overlaps the compiling. The other single-threaded processes would compile the very same steps, so
-    they start when the first is ready and load what it stored (`stored_steps`; where nothing can be
-    stored, as with TORCHINDUCTOR_FORCE_DISABLE_CACHES=1, they compile after it): on 2 AMD vCPUs, three
-    processes compiling side by side took 107-112 s, two and then a load 84-87 s. Then the groups take
-    turns timing, round after round: the single-threaded processes together, the one using every core
-    alone, and one single-threaded process alone."""
-    start = time.perf_counter()
-    all_cores = cores() if device.type == "cpu" else 1
-    sizes = PROBE_MEMBERS[device.type]
-    context = multiprocessing.get_context("spawn")  # fresh interpreters: no threads or state of ours
-    every = _ProbeProcess(context, device, max(all_cores, 1), sizes)
-    singles = [_ProbeProcess(context, device, 1, sizes)] if all_cores > 1 else []
-    try:
-        if singles:
-            singles[0].wait_ready()
-            singles += [_ProbeProcess(context, device, 1, sizes) for _ in range(all_cores - 1)]
-        for probe in (every, *singles[1:]):
-            probe.wait_ready()
-        groups = []  # (processes, threads, members, the probe processes timed together)
-        for members in sizes:
-            groups.append((1, all_cores, members, [every]))
-            if singles:
-                groups.append((all_cores, 1, members, singles))
-        if singles:
-            groups.append((1, 1, sizes[0], singles[:1]))
-        # Rounds taking turns, the fastest of each kept: the machine's drift falls on every group alike.
-        rounds = [[] for _ in groups]
-        for _ in range(PROBE_ROUNDS):
-            for timed, (_, _, members, group) in zip(rounds, groups, strict=True):
-                timed.append(_together(group, members))
-        probes = [Probe(p, t, m, min(timed)) for (p, t, m, _), timed in zip(groups, rounds, strict=True)]
-    finally:
-        for probe in (every, *singles):
-            probe.close()
-    workers, threads, threads_alone, members = decide(tuple(probes), all_cores)
-    return Calibration(
-        machine(device),
-        workers,
-        threads,
-        threads_alone,
-        members * PROBE_BATCH,
-        _bf16_min_macs(device),
-        tuple(probes),
-        time.perf_counter() - start,
-    )
-
-
 def decide(probes: tuple[Probe, ...], all_cores: int) -> tuple[int, int, int, int]:
     """(workers, threads per worker, threads for a stack alone, members per stack) from the probes.
 
     One single-threaded process per core wins unless one process using every core trains more than 10%
-    faster than they do side by side (see the module's docstring). A larger stack wins only by more than
-    5%: a smaller one splits the work more evenly over the workers."""
+    faster than they do side by side. A larger stack wins only by more than 5%: a smaller one splits the
+    work more evenly over the workers."""
 
     def best(processes: int, threads: int) -> Probe | None:
         mine = [p for p in probes if (p.processes, p.threads) == (processes, threads)]
@@ -242,118 +244,48 @@ def decide(probes: tuple[Probe, ...], all_cores: int) -> tuple[int, int, int, in
     return 1, all_cores, threads_alone, shared.members
 
 
-def _together(group: list["_ProbeProcess"], members: int) -> float:
-    """Seconds per model-step of the group's processes timing a stack of `members` at once: the inverse
-    of their summed speed."""
-    for probe in group:
-        probe.connection.send(members)
-    return 1 / sum(1 / probe.connection.recv() for probe in group)
+def macs_per_model_step(arch: Architecture, batch_rows: int) -> int:
+    """Multiply-adds of one model's training step: the forward matmuls, and twice as many backward."""
+    return 3 * batch_rows * sum(n_in * n_out for n_in, n_out in arch.shapes)
 
 
-class _ProbeProcess:
-    """A process that compiles the probe step for each stack size, then times one when asked."""
-
-    def __init__(self, context, device: torch.device, threads: int, sizes: tuple[int, ...]):
-        self.connection, theirs = context.Pipe()
-        self.process = context.Process(target=_probe_main, args=(theirs, str(device), threads, sizes), daemon=True)
-        self.process.start()
-
-    def wait_ready(self) -> None:
-        message = self.connection.recv()
-        if message != "ready":
-            raise MnistlabError(f"calibration: a probe process failed ({message})")
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.connection.send(None)
-        self.process.join(timeout=30)
-        if self.process.is_alive():
-            self.process.kill()
-
-
-def _probe_main(connection, device_name: str, threads: int, sizes: tuple[int, ...]) -> None:
-    try:
-        torch.set_num_threads(threads)
-        flush_denormals()
-        steps = {members: _compiled_stack(torch.device(device_name), members) for members in sizes}
-    except Exception as exc:  # the parent names it in one line
-        connection.send(f"{type(exc).__name__}: {exc}")
-        return
-    connection.send("ready")
-    while (members := connection.recv()) is not None:
-        connection.send(_seconds_per_model_step(steps[members], members))
-
-
-def _compiled_stack(device: torch.device, members: int):
-    """A warm, compiled training step of a stack of the probe model, as a no-argument callable."""
-    from mnistlab.train.fit import Lockstep, Totals
-    from mnistlab.train.protocol import streams
-
-    generator = torch.Generator().manual_seed(0)
-    x = torch.rand(4096, PROBE_ARCH.inputs, generator=generator).to(device)
-    y = torch.randint(0, PROBE_ARCH.classes, (4096,), generator=generator).to(device)
-    regularisers = ({}, {"l2": 1e-4}, {"l1": 1e-5}, {"dropout": 0.1})  # as the study's stacks mix them
-    stack_members = [
-        Hyperparameters(seed=s, learning_rate=1e-4, epochs=1, **regularisers[s % len(regularisers)])
-        for s in range(members)
-    ]
-    seeds = [streams(m, 1) for m in stack_members]
-    stack = Lockstep(PROBE_ARCH, stack_members, seeds, (x, y), PROBE_BATCH, Engine(device, precision="fp32"))
-    totals = Totals(torch.zeros(members, device=device), torch.zeros(members, device=device))
-    batch = torch.randint(0, 4096, (members, PROBE_BATCH), generator=generator).to(device)
-
-    def step():
-        stack.compiled(stack.state, x, y, batch, totals)
-
-    for _ in range(10):  # the first compiles
-        step()
-    _sync(device)
-    return step
-
-
-def _seconds_per_model_step(step, members: int) -> float:
-    """One round of `PROBE_STEPS` steps, per model and step."""
-    device = torch.device("cuda") if torch.cuda.is_initialized() else torch.device("cpu")
-    _sync(device)
-    started = time.perf_counter()
-    for _ in range(PROBE_STEPS):
-        step()
-    _sync(device)
-    return (time.perf_counter() - started) / PROBE_STEPS / members
-
-
-def _bf16_min_macs(device: torch.device) -> int | None:
-    """The smallest of the probe model's layers (at batches of 32 to 4,096 rows) whose matmul is at least
-    10% faster in bf16 than in float32, as multiply-adds; None where none is (or bf16 is not native)."""
-    hardware = bf16_hardware(device)
-    if hardware is None:
+def record(device: torch.device, stacks: list[Achieved]) -> Calibration | None:
+    """Keep what real stacks of a plan reached beside the cached calibration; where stacks of the probe's
+    size ran much faster than the probes measured their layout, the probes were slowed: the calibration
+    becomes provisional, and is measured again when the machine is quiet. Returns the new calibration,
+    or None where there is no cached one."""
+    if os.environ.get(ENV_VAR, "").lower() == "off" or not stacks:
         return None
-    if hardware == "cuda":
-        return 0
-    sizes = sorted(
-        (rows * n_in * n_out, rows, n_in, n_out) for rows in (32, 256, 4096) for n_in, n_out in PROBE_ARCH.shapes
-    )
-    for macs, rows, n_in, n_out in sizes:
-        a, b = torch.rand(1, rows, n_in), torch.rand(1, n_in, n_out)
-        fp32 = _matmul_seconds(a, b)
-        bf16 = _matmul_seconds(a.to(torch.bfloat16), b)
-        if bf16 < 0.9 * fp32:
-            return macs
-    return None
+    path = cache_path(device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        cached = read(path, machine(device))
+    if cached is None:
+        return None
+    updated = replace(cached, achieved=(*cached.achieved, *stacks)[-ACHIEVED_KEPT:])
+    faster = [ratio for _, ratio in _ratios(updated) if ratio > FASTER]
+    if faster and not updated.provisional:
+        reason = f"real stacks trained {max(faster):.1f}x as fast as the probes measured: the probes were slowed"
+        updated = replace(updated, provisional=reason)
+    store(path, updated)
+    return updated
 
 
-def _matmul_seconds(a: torch.Tensor, b: torch.Tensor) -> float:
-    b = b.to(a.dtype)
-    torch.bmm(a, b)
-    times = []
-    for _ in range(5):
-        started = time.perf_counter()
-        for _ in range(20):
-            torch.bmm(a, b).float()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+def _ratios(tuned: Calibration) -> list[tuple[Achieved, float]]:
+    """Each real stack of a layout the probes measured, and its speed over the probes'."""
+    probe_macs = macs_per_model_step(PROBE_ARCH, PROBE_BATCH)
+    ratios = []
+    for real in tuned.achieved:
+        probes = [p for p in tuned.probes if (p.processes, p.threads) == (real.processes, real.threads)]
+        if probes:
+            measured = max(probe_macs / (p.seconds_per_model_step * p.processes) for p in probes)  # per process
+            ratios.append((real, real.macs_per_second / measured))
+    return ratios
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _achieved_lines(tuned: Calibration) -> list[str]:
+    return [
+        f"{real.processes} process(es) of {real.threads} thread(s), {real.members} models: "
+        f"{real.macs_per_second / 1e9:.1f} GMAC/s, {ratio:.2f}x the probes'"
+        for real, ratio in _ratios(tuned)[-5:]
+    ]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+COMPILES = ("auto", True, False)
 
 
 @dataclass(frozen=True)
@@ -14,4 +15,4 @@ class EngineOptions:
 
     device: str = "auto"  # auto: CUDA where PyTorch sees it
     precision: str = "auto"  # auto: bf16 where the hardware multiplies it natively, and it pays
-    compile: bool = True
+    compile: bool | str = "auto"  # auto: where the stack's steps win the compile back (the calibration's)

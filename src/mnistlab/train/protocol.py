@@ -6,6 +6,7 @@ phase 1 ran (its stopping epoch when early stopping ended it) and evaluates `tes
 reports are clean evaluations, as Keras' `evaluate` gives them: dropout off, penalty included.
 """
 
+import math
 import time
 from dataclasses import replace
 
@@ -29,6 +30,16 @@ def streams(member: Hyperparameters, phase: int) -> Streams:
         dropout=seed_for(member.seed, f"dropout-{phase}"),
         augment=seed_for(member.seed, f"augment-{phase}"),
     )
+
+
+def planned_steps(members: list[Hyperparameters], sizes: tuple[int, int], batch_size: int | None) -> int:
+    """Calls of a stack's compiled step over both phases (on `sizes`: the train and full rows) if every
+    member trains its whole budget: a full batch calls it once per chunk, and the epoch's short last
+    batch runs eagerly."""
+    epochs = max(m.epochs for m in members)
+    if batch_size is None:
+        return epochs * sum(math.ceil(rows / full_batch_chunk_rows(len(members))) for rows in sizes)
+    return epochs * sum(rows // batch_size for rows in sizes)
 
 
 def train_protocol(
