@@ -137,6 +137,8 @@ def test_a_stack_compiles_only_where_its_steps_win_the_compile_back():
     assert not tuned.compiles(layers=6, members=2, steps=6_876)  # two powerful models, two epochs: 8 s
     assert tuned.compiles(layers=6, members=6, steps=6_876)  # six, two epochs: 25 s, over half the 30
     assert tuned.compiles(layers=6, members=4, steps=171_900)  # the study's stack of four, 50 epochs
+    assert tuned.compiles(layers=6, members=1, steps=750, rows=8192)  # a full batch, 50 epochs of 15 chunks
+    assert not tuned.compiles(layers=2, members=1, steps=110, rows=1000)  # the tests' batch-1000 epoch
     assert tuned.break_even_epochs(members=4) == pytest.approx(30.0 / (2 * 1e-4 * 6 * 4 * (1563 + 1875)))
 
 

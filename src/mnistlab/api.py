@@ -34,8 +34,9 @@ from mnistlab.studies.executors import CLUSTER_ENV_VAR
 from mnistlab.studies.folder import RunFolder
 from mnistlab.studies.plan import PlannedRun, check_size, seed_runs
 from mnistlab.train import calibration
-from mnistlab.train.choices import COMPILES, EngineOptions
+from mnistlab.train.choices import COMPILES, ENGINES, EngineOptions
 from mnistlab.train.engine import Engine
+from mnistlab.train.keras_engine import lacks
 
 Log = Callable[[str], None]
 Paths = Path | str
@@ -71,6 +72,7 @@ def run(
     device: str = "auto",
     precision: str = "auto",
     compile: bool | str = "auto",
+    engine: str = "mnistlab",
     workers: int | None = None,
     cluster: str | None = None,
     progress: bool | None = None,
@@ -89,7 +91,8 @@ def run(
     dataset, data_dir: the data set, and the folder of its four idx files (default: $MNISTLAB_DATA, else
     mnistlab's user cache, downloading there).
     device ("auto", "cpu", "cuda"), precision ("auto", "fp32", "bf16"), compile (True, False, or "auto":
-    where the run is long enough to win the compile back): how to train.
+    where the run is long enough to win the compile back): how to train. engine: "mnistlab", or "keras"
+    to train the lab's presets with Keras 3 as the lab wrote them (the [keras] extra).
     workers: local worker processes (default: as this machine's calibration says); cluster: the address
     of a Dask scheduler to train on (default: $MNISTLAB_CLUSTER).
     progress: the live bar (default: on in a notebook or a terminal); quiet: no bar and no messages.
@@ -117,6 +120,7 @@ def study(
     device: str = "auto",
     precision: str = "auto",
     compile: bool | str = "auto",
+    engine: str = "mnistlab",
     workers: int | None = None,
     cluster: str | None = None,
     progress: bool | None = None,
@@ -157,6 +161,7 @@ def sweep(
     device: str = "auto",
     precision: str = "auto",
     compile: bool | str = "auto",
+    engine: str = "mnistlab",
     workers: int | None = None,
     cluster: str | None = None,
     progress: bool | None = None,
@@ -239,7 +244,8 @@ class _Request:
     def train(self, planned: list[PlannedRun]) -> None:
         engine = Engine.create(self.engine.device, self.engine.precision)  # checks the names before anything runs
         tuned = calibration.calibration(engine.device, log=self.log)
-        placement = Placement(tuned, self.engine, self.cluster, self.workers)
+        workers = 1 if self.engine.engine == "keras" else self.workers  # Keras trains each run alone, here
+        placement = Placement(tuned, self.engine, self.cluster, workers)
         # Files in a --data-dir say which data set they are, unless a data set was named.
         identify = bool(self.data_dir and not self.dataset)
         execute(planned, placement, self.data_dir, identify=identify, log=self.log, progress=self.progress)
@@ -258,7 +264,7 @@ class _Request:
 
 
 OPTIONS = ("epochs", "seed", "seeds", "out", "set", "dataset", "data_dir", "overwrite", "device", "precision")
-OPTIONS += ("compile", "workers", "cluster", "progress", "quiet")
+OPTIONS += ("compile", "engine", "workers", "cluster", "progress", "quiet")
 
 
 def _request(given: dict, keys: dict) -> _Request:
@@ -278,7 +284,7 @@ def _request(given: dict, keys: dict) -> _Request:
         overwrite=bool(given["overwrite"]),
         dataset=given["dataset"],
         data_dir=Path(given["data_dir"]) if given["data_dir"] else None,
-        engine=EngineOptions(given["device"], given["precision"], _compile_choice(given["compile"])),
+        engine=_engine_options(given),
         cluster=given["cluster"] or os.environ.get(CLUSTER_ENV_VAR) or None,
         workers=given["workers"],
         progress=not quiet and (interactive() if progress is None else bool(progress)),
@@ -319,6 +325,20 @@ def _plain(value):
     return value.item() if hasattr(value, "item") and getattr(value, "shape", None) == () else value
 
 
+def _engine_options(given: dict) -> EngineOptions:
+    """The engine asked for, checked: Keras trains the lab's presets alone, in this process."""
+    options = EngineOptions(given["device"], given["precision"], _compile_choice(given["compile"]), given["engine"])
+    if options.engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {options.engine!r}")
+    if options.engine == "keras":
+        require("--engine keras", "keras")
+        if given["cluster"] or (given["workers"] or 1) > 1:
+            raise ConfigError("--engine keras trains in this process: Keras has no lockstep stacks to hand out")
+        if options.device == "cuda":
+            raise ConfigError("--engine keras trains on the CPU here")
+    return options
+
+
 def _compile_choice(value) -> bool | str:
     if value not in COMPILES or isinstance(value, int) and not isinstance(value, bool):
         raise ConfigError(f'compile must be True, False or "auto", got {value!r}')
@@ -342,6 +362,12 @@ def _quiet(_: str) -> None:
 
 def _claim(spec: Experiment, folder: RunFolder, request: _Request, label: str = "") -> list[PlannedRun]:
     """The runs of one experiment in `folder`, once it is known to be a place mnistlab may write them."""
+    if request.engine.engine == "keras" and (
+        lacking := lacks(spec.hyperparameters, spec.crop, request.engine.precision)
+    ):
+        raise ConfigError(
+            f"{spec.name}: Keras has no {lacking}, which only mnistlab's engine does; drop --engine keras"
+        )
     planned = seed_runs(spec, folder, request.seeds, label)
     if request.seeds > 1:
         # A multi-seed folder is one experiment: its marker holds the config of seed 0.

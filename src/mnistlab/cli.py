@@ -24,7 +24,7 @@ from pathlib import Path
 from mnistlab.data.catalog import CATALOG
 from mnistlab.errors import MnistlabError
 from mnistlab.extras import require
-from mnistlab.train.choices import DEVICES, PRECISIONS
+from mnistlab.train.choices import DEVICES, ENGINES, PRECISIONS
 from mnistlab.version import __version__
 
 
@@ -247,6 +247,12 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     )
     compiling.add_argument(
         "--no-compile", dest="compile", action="store_const", const=False, help="always run the step eagerly"
+    )
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="mnistlab",
+        help="what trains: mnistlab's engine, or keras for the lab's presets in Keras 3 (default: mnistlab)",
     )
     parser.add_argument(
         "--cluster",

@@ -2,7 +2,8 @@
 
 The base install trains, reports and reads digits (`data`, `run`, `study`, `report`, `predict`). The rest
 comes with an extra: `serve` (FastAPI, uvicorn), `onnx` (export, and predict --onnx), `cluster` (Dask:
-local worker processes and clusters), `sweep` (Optuna searches), `notebook` (pandas tables, Jupyter). A
+local worker processes and clusters), `sweep` (Optuna searches), `notebook` (pandas tables, Jupyter),
+`keras` (the lab's own Keras, beside mnistlab's engine). A
 command that needs one that is not installed says which, in one line, before it does anything.
 """
 
@@ -22,6 +23,7 @@ EXTRA_OF = {  # module -> the extra that installs it
     "distributed": "cluster",
     "optuna": "sweep",
     "pandas": "notebook",
+    "keras": "keras",
 }
 
 

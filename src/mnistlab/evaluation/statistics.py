@@ -88,3 +88,44 @@ def holm(p_values: list[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p_values[index]))
         adjusted[index] = running
     return adjusted.tolist()
+
+
+@dataclass(frozen=True)
+class Equivalence:
+    """Whether two samples' means agree within ±margin: two one-sided Welch t-tests (TOST)."""
+
+    difference: float  # mean of a minus mean of b
+    low: float  # the 90% interval of the difference: inside (-margin, margin) means equivalent at 5%
+    high: float
+    p_equivalent: float  # TOST's p: the larger of the two one-sided p-values
+    p_different: float  # Welch's two-sided p
+    verdict: str  # "equivalent", "different", "undecided" or "too few seeds"
+
+
+def equivalence(a: list[float], b: list[float], margin: float, alpha: float = 0.05, least: int = 3) -> Equivalence:
+    """Test that mean(a) and mean(b) differ by less than `margin` (equivalent), besides testing that they
+    differ at all (different): a difference test alone cannot show agreement, since few seeds give no
+    significance either way. Below `least` values each, no verdict."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    difference = float(x.mean() - y.mean()) if len(x) and len(y) else float("nan")
+    if len(x) < least or len(y) < least:
+        return Equivalence(difference, float("nan"), float("nan"), float("nan"), float("nan"), "too few seeds")
+    va, vb = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    se = float(np.sqrt(va + vb))
+    if se == 0:
+        inside = abs(difference) < margin
+        verdict = "equivalent" if inside else "different"
+        return Equivalence(difference, difference, difference, 0.0 if inside else 1.0, float(not difference), verdict)
+    df = (va + vb) ** 2 / (va**2 / (len(x) - 1) + vb**2 / (len(y) - 1))
+    p_lower = float(stats.t.sf((difference + margin) / se, df))  # H0: difference <= -margin
+    p_upper = float(stats.t.cdf((difference - margin) / se, df))  # H0: difference >= margin
+    p_equivalent = max(p_lower, p_upper)
+    p_different = float(2 * stats.t.sf(abs(difference) / se, df))
+    half = float(stats.t.ppf(1 - alpha, df) * se)
+    if p_equivalent < alpha:
+        verdict = "equivalent"
+    elif p_different < alpha:
+        verdict = "different"
+    else:
+        verdict = "undecided"
+    return Equivalence(difference, difference - half, difference + half, p_equivalent, p_different, verdict)

@@ -17,7 +17,7 @@ from mnistlab.errors import MnistlabError
 from mnistlab.evaluation import figures
 from mnistlab.evaluation.statistics import PAIRED
 from mnistlab.files import check_output, is_ours, write_atomic
-from mnistlab.reporting import beyond, digits, lab, sweep_section
+from mnistlab.reporting import agreement, beyond, digits, lab, sweep_section
 from mnistlab.reporting.document import (
     Bullets,
     Flagged,
@@ -275,6 +275,7 @@ def _experiment_blocks(experiments: list[ExperimentRuns], chart: Path) -> list:
     seed_errors = [digits.SeedErrors(e.label, e.runs) for e in experiments]
     blocks += digits.across_seeds(seed_errors, {e.label: e.stat("test", "accuracy").mean for e in experiments})
     blocks += beyond.section(list(zip(experiments, seed_errors, strict=True)))
+    blocks += agreement.section(experiments)
     blocks.append(Heading(2, "Runs"))
     for e, found in zip(experiments, seed_errors, strict=True):
         blocks += _run_blocks(e, found)

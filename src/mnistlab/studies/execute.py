@@ -183,6 +183,7 @@ def _names(runs: list[PlannedRun]) -> str:
 def _environment(outcome: StackOutcome, seed: int, seconds: float, started: float, stack_size: int) -> dict:
     engine = outcome.engine
     return {
+        "engine": outcome.trained_by,
         "mnistlab": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -32,12 +32,13 @@ from mnistlab.extras import installed, require
 from mnistlab.records import RunResult
 from mnistlab.spec import Architecture, Hyperparameters, leaders
 from mnistlab.studies.progress import TOPIC
-from mnistlab.train import calibration
+from mnistlab.train import calibration, keras_engine
 from mnistlab.train.choices import EngineOptions
 from mnistlab.train.engine import Engine, flush_denormals
 from mnistlab.train.hardware import cores, machine
 from mnistlab.train.progress import ProgressBars, Report
 from mnistlab.train.protocol import planned_steps, train_protocol
+from mnistlab.version import __version__
 
 CLUSTER_ENV_VAR = "MNISTLAB_CLUSTER"
 PlanReport = Callable[[int, int, int], None]  # (stack key, model-epochs done, model-epochs planned)
@@ -77,6 +78,7 @@ class StackOutcome:
     threads: int
     host: str
     device_name: str
+    trained_by: str  # mnistlab's engine, or Keras with its version and backend
 
 
 def train_stack(
@@ -98,18 +100,20 @@ def train_stack(
             flush_denormals()
             device = Engine.create(task.engine.device).device
             tuned = calibration.known(device)  # this machine's, if it has been measured; never measured here
-            engine = _engine(task, tuned, dataset.split_sizes())
-            results = train_protocol(
-                task.arch,
-                list(task.members),
-                dataset.on(engine.device),
-                task.batch_size,
-                engine,
-                ProgressBars(task.label, enabled=progress, report=report),
-            )
+            bars = ProgressBars(task.label, enabled=progress, report=report)
+            if task.engine.engine == "keras":
+                engine, trained_by = (
+                    Engine(torch.device("cpu"), compile=False, precision="fp32"),
+                    keras_engine.version(),
+                )
+                train = keras_engine.train_protocol
+            else:
+                engine, trained_by = _engine(task, tuned, dataset.split_sizes()), f"mnistlab {__version__}"
+                train = partial(train_protocol, engine=engine)
+            results = train(task.arch, list(task.members), dataset.on(engine.device), task.batch_size, progress=bars)
         finally:
             torch.set_num_threads(was)
-    return StackOutcome(results, engine, task.threads, platform.node(), machine(engine.device)["model"])
+    return StackOutcome(results, engine, task.threads, platform.node(), machine(engine.device)["model"], trained_by)
 
 
 @contextlib.contextmanager
@@ -137,8 +141,8 @@ def _engine(task: StackTask, tuned: calibration.Calibration, sizes: dict[str, in
     asked, rows = task.engine, len(set(leaders(list(task.members))))
     compiles = asked.compile
     if compiles == "auto":
-        steps = planned_steps(list(task.members), (sizes["train"], sizes["full"]), task.batch_size)
-        compiles = tuned.compiles(len(task.arch.shapes), rows, steps)
+        steps, rows_per_step = planned_steps(list(task.members), (sizes["train"], sizes["full"]), task.batch_size)
+        compiles = tuned.compiles(len(task.arch.shapes), rows, steps, rows_per_step)
     return Engine.create(asked.device, asked.precision, bool(compiles), tuned.bf16_min_macs)
 
 

@@ -75,12 +75,14 @@ class Calibration:
     measured_at: str = ""  # when the probes ran
     achieved: tuple[Achieved, ...] = ()
 
-    def compiles(self, layers: int, members: int, steps: int) -> bool:
-        """Whether a stack of `members` models of `layers` Dense layers, planned for `steps` steps, wins
-        back a compile: what its compiled steps save over the eager ones, against half what compiling
-        costs. Half: a compiled step is stored, and the next process of the machine loads it, and the
-        saving per model and layer is an average that steps with dropout masks exceed."""
-        return 2 * steps * self.eager_saving * layers * members > self.compile_seconds
+    def compiles(self, layers: int, members: int, steps: int, rows: int = PROBE_BATCH) -> bool:
+        """Whether a stack of `members` models of `layers` Dense layers, planned for `steps` steps of `rows`
+        rows each (a batch, or a full batch's chunk), wins back a compile: what its compiled steps save
+        over the eager ones, against half what compiling costs. Half: a compiled step is stored, and the
+        next process of the machine loads it. The saving grows with the rows a step fuses (the probe's
+        steps are batches of 32), which overstates it for a full batch's chunks: they compile."""
+        saving = self.eager_saving * layers * members * max(1.0, rows / PROBE_BATCH)
+        return 2 * steps * saving > self.compile_seconds
 
     def break_even_epochs(self, arch: Architecture = PROBE_ARCH, members: int = 1) -> float:
         """Epochs of both phases at batch 32 (50k and 60k images) from which such a stack compiles."""

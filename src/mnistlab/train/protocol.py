@@ -32,14 +32,15 @@ def streams(member: Hyperparameters, phase: int) -> Streams:
     )
 
 
-def planned_steps(members: list[Hyperparameters], sizes: tuple[int, int], batch_size: int | None) -> int:
+def planned_steps(members: list[Hyperparameters], sizes: tuple[int, int], batch_size: int | None) -> tuple[int, int]:
     """Calls of a stack's compiled step over both phases (on `sizes`: the train and full rows) if every
-    member trains its whole budget: a full batch calls it once per chunk, and the epoch's short last
-    batch runs eagerly."""
+    member trains its whole budget, and the rows of each: a full batch calls it once per chunk, and the
+    epoch's short last batch runs eagerly."""
     epochs = max(m.epochs for m in members)
     if batch_size is None:
-        return epochs * sum(math.ceil(rows / full_batch_chunk_rows(len(members))) for rows in sizes)
-    return epochs * sum(rows // batch_size for rows in sizes)
+        chunk = full_batch_chunk_rows(len(members))
+        return epochs * sum(math.ceil(rows / chunk) for rows in sizes), chunk
+    return epochs * sum(rows // batch_size for rows in sizes), batch_size
 
 
 def train_protocol(
