@@ -91,10 +91,11 @@ def execute(
 
 def _reached(task: StackTask, outcome: StackOutcome, dataset: data.Dataset, processes: int) -> list:
     """What a stack of this machine reached, where it is comparable with the calibration's probes: float32
-    steps at the probes' batch on the CPU."""
+    steps at the probes' batch on the CPU, compiled as the probes' are."""
     engine = outcome.engine
     if (
         engine.device.type != "cpu"
+        or not engine.compile
         or task.batch_size != PROBE_BATCH
         or engine.bf16_layers(task.arch.shapes, PROBE_BATCH)
     ):
