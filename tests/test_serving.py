@@ -2,6 +2,7 @@
 drawing page in a real browser."""
 
 import base64
+import contextlib
 import io
 import json
 import shutil
@@ -268,23 +269,7 @@ def test_the_drawing_page_reads_a_digit_drawn_with_the_mouse(model, digits, tmp_
 
     chromium = _chromium()
     x, y = digits
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mnistlab.cli", "serve", str(model), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/healthz", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, server.stderr.read()
-                time.sleep(0.2)
+    with _serving(model) as base:
         flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking"]
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium, args=flags)
@@ -306,9 +291,6 @@ def test_the_drawing_page_reads_a_digit_drawn_with_the_mouse(model, digits, tmp_
             shown = page.locator("#label").text_content()
             drawn = page.evaluate("document.getElementById('pad').toDataURL('image/png')")
             browser.close()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     assert shown == str(y[index])
     # The command line reads the same picture the same way.
     picture = tmp_path / "drawn.png"
@@ -554,25 +536,16 @@ def test_the_api_docs_work_offline_and_try_it_out_reads_an_uploaded_digit(model,
     x, y = digits
     picture = tmp_path / "seven.png"
     _page(x[0]).save(picture)
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mnistlab.cli", "serve", str(model), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
     refused = []
+    with _serving(model) as base:
 
-    def only_the_server(route):
-        if route.request.url.startswith(base):
-            route.continue_()
-        else:
-            refused.append(route.request.url)
-            route.abort()
+        def only_the_server(route):
+            if route.request.url.startswith(base):
+                route.continue_()
+            else:
+                refused.append(route.request.url)
+                route.abort()
 
-    try:
-        _wait_for_health(base, server)
         flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking"]
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium, args=flags)
@@ -591,18 +564,26 @@ def test_the_api_docs_work_offline_and_try_it_out_reads_an_uploaded_digit(model,
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "docs-try-it-out.png"), full_page=True)
             browser.close()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     assert refused == [] and body["label"] == str(y[0]) and not body["empty"]
 
 
-def _wait_for_health(base: str, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/healthz", timeout=2)
-            return
-        except OSError:
-            assert time.monotonic() < deadline and server.poll() is None, server.stderr.read()
-            time.sleep(0.2)
+@contextlib.contextmanager
+def _serving(model: Path):
+    """`mnistlab serve` on a free loopback port, as a user starts it: its address once /healthz answers."""
+    port = _free_port()
+    command = [sys.executable, "-m", "mnistlab.cli", "serve", str(model), "--port", str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/healthz", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, server.stderr.read()
+                time.sleep(0.2)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

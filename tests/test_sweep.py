@@ -30,7 +30,7 @@ def test_every_shipped_sweep_loads_and_says_what_it_tests(capsys):
     assert {"l2-sweep", "l1-sweep", "dropout-sweep", "lr-sweep", "batch-sweep", "width-sweep"} <= set(names)
     for name in names:
         sweep = sweep_spec.load(name)
-        assert sweep.description and sweep.claim and len(sweep.points()) >= 4
+        assert sweep.description and sweep.claim and sweep.size >= 4
     l2 = sweep_spec.load("l2-sweep")
     assert [p.settings[0][1] for p in l2.points()] == [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
     assert main(["sweeps"]) == 0
@@ -72,6 +72,30 @@ BAD = {
         "method",
     ),
     "toml": ('base = "provided\n', "invalid TOML"),
+    "pruned grid": (
+        'base = "provided"\n[search]\npruner = "asha"\n[[axis]]\nkey = "model.l2"\nvalues = [1]\n',
+        'search.pruner is for method = "optuna" only',
+    ),
+    "unknown pruner": (
+        'base = "provided"\n[search]\nmethod = "optuna"\ntrials = 4\npruner = "asah"\n'
+        '[[axis]]\nkey = "model.l2"\nuniform = [0, 1]\n',
+        "search.pruner must be one of none, asha, hyperband, median, got 'asah'",
+    ),
+    "median's factor": (
+        'base = "provided"\n[search]\nmethod = "optuna"\ntrials = 4\npruner = "median"\nreduction_factor = 3\n'
+        '[[axis]]\nkey = "model.l2"\nuniform = [0, 1]\n',
+        'search.reduction_factor is for pruner = "asha" or "hyperband" only',
+    ),
+    "no reduction": (
+        'base = "provided"\n[search]\nmethod = "optuna"\ntrials = 4\npruner = "asha"\nreduction_factor = 1\n'
+        '[[axis]]\nkey = "model.l2"\nuniform = [0, 1]\n',
+        "search.reduction_factor must be an integer from 2 to 100, got 1",
+    ),
+    "no epochs before pruning": (
+        'base = "provided"\n[search]\nmethod = "optuna"\ntrials = 4\npruner = "asha"\nmin_epochs = 0\n'
+        '[[axis]]\nkey = "model.l2"\nuniform = [0, 1]\n',
+        "search.min_epochs must be an integer from 1",
+    ),
     "unknown config key": ('base = "provided"\n[[axis]]\nkey = "model.colour"\nvalues = [1]\n', "model.colour"),
     "bad value": ('base = "provided"\n[[axis]]\nkey = "model.dropout"\nvalues = [0.2, 1.5]\n', "model.dropout"),
 }

@@ -17,13 +17,13 @@ import difflib
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.extras import require
 from mnistlab.files import check_output
-from mnistlab.reporting import build
+from mnistlab.reporting import build, tracking
 from mnistlab.results import Run, Study, SweepResults
 from mnistlab.spec import Experiment, config
 from mnistlab.spec.sweep import Point, Sweep, draw, sweep_names
@@ -33,6 +33,7 @@ from mnistlab.studies.execute import Placement, execute
 from mnistlab.studies.executors import CLUSTER_ENV_VAR
 from mnistlab.studies.folder import RunFolder
 from mnistlab.studies.plan import PlannedRun, check_size, seed_runs
+from mnistlab.studies.pruning import RoundView, stands
 from mnistlab.train import calibration
 from mnistlab.train.choices import COMPILES, ENGINES, EngineOptions
 from mnistlab.train.engine import Engine
@@ -75,6 +76,7 @@ def run(
     engine: str = "mnistlab",
     workers: int | None = None,
     cluster: str | None = None,
+    track: str | None = None,
     progress: bool | None = None,
     quiet: bool = False,
     **keys: object,
@@ -94,15 +96,18 @@ def run(
     where the run is long enough to win the compile back): how to train. engine: "mnistlab", or "keras"
     to train the lab's presets with Keras 3 as the lab wrote them (the [keras] extra).
     workers: local worker processes (default: as this machine's calibration says); cluster: the address
-    of a Dask scheduler to train on (default: $MNISTLAB_CLUSTER).
+    of a Dask scheduler to train on (default: $MNISTLAB_CLUSTER). track: an MLflow tracking server's
+    URI to log every run to (default: $MLFLOW_TRACKING_URI; the [mlflow] extra).
     progress: the live bar (default: on in a notebook or a terminal); quiet: no bar and no messages.
     """
     request = _request(locals(), keys)
     spec = request.experiment(preset)
     folder = RunFolder(check_output(out or Path("runs") / spec.name, folder=True))
+    tracker = request.tracker()
     with ownership.lock(folder.path):
         planned = _claim(spec, folder, request)
         request.train(planned)
+        request.track(tracker, folder.path, "run")
     return Run.load(folder.path)
 
 
@@ -123,6 +128,7 @@ def study(
     engine: str = "mnistlab",
     workers: int | None = None,
     cluster: str | None = None,
+    track: str | None = None,
     progress: bool | None = None,
     quiet: bool = False,
     **keys: object,
@@ -138,11 +144,13 @@ def study(
     specs = [request.experiment(name) for name in presets or config.study_presets()]
     check_size(len(specs) * request.seeds, f"{len(specs)} experiments x {request.seeds:,} seeds")
     check_output(out, folder=True)
+    tracker = request.tracker()
     with ownership.lock(out):
         ownership.prepare(out, "study", overwrite=request.overwrite)
         planned = [p for spec in specs for p in _claim(spec, RunFolder(out / spec.name), request)]
         request.train_unfinished(planned, out)
         html, md = build.build([out], out / "report.html")
+        request.track(tracker, out, "study")
     request.log(f"report: {html} (and {md.name})")
     return Study.load(out)
 
@@ -164,6 +172,7 @@ def sweep(
     engine: str = "mnistlab",
     workers: int | None = None,
     cluster: str | None = None,
+    track: str | None = None,
     progress: bool | None = None,
     quiet: bool = False,
     **keys: object,
@@ -181,21 +190,26 @@ def sweep(
 
     if spec.search.method == "optuna":
         require("an Optuna search", "optuna")
+    if spec.search.prunes and request.engine.engine == "keras":
+        raise ConfigError(f"sweep {spec.name}: --engine keras trains each run whole; a pruner needs mnistlab's engine")
     check_size(spec.size * request.seeds, f"sweep {spec.name}, {spec.size:,} points x {request.seeds:,} seeds")
     _check_points(spec, request)
     check_output(out, folder=True)
+    tracker = request.tracker()
     with ownership.lock(out):
         ownership.prepare(out, "sweep", overwrite=request.overwrite)
         if spec.search.method == "optuna":
-            per_round = request.per_round(request.experiment(spec.base, spec.overrides).batch_size)
-            train = lambda runs: request.train_unfinished(runs, out)  # noqa: E731
-            points = sweep_folder.search(spec, out, runs_of, train, per_round)
+            base = request.experiment(spec.base, spec.overrides)
+            train = lambda runs, view: request.train_unfinished(runs, out, view)  # noqa: E731
+            longest = sweep_folder.max_epochs(spec, base.hyperparameters.epochs)
+            points = sweep_folder.search(spec, out, runs_of, train, request.per_round(base.batch_size), longest)
         else:
             points = sweep_folder.plan(spec.points(), out, runs_of)
             request.train_unfinished([run for p in points for run in p.runs], out)
         sweep_folder.write_record(spec, out, points)
         table = sweep_folder.write_table(out)
         html, md = build.build([out], out / "report.html")
+        request.track(tracker, out, "sweep")
     request.log(f"{table}, and the report: {html} (and {md.name})")
     return SweepResults(out)
 
@@ -236,26 +250,42 @@ class _Request:
     workers: int | None
     progress: bool
     log: Log
+    tracking: str | None  # an MLflow tracking server's URI
+
+    def tracker(self):
+        """A client of the MLflow tracking server asked for, which has answered; None if none was asked."""
+        return tracking.client(self.tracking) if self.tracking else None
+
+    def track(self, tracker, out: Path, kind: str) -> None:
+        if tracker is not None:
+            self.log(f"{tracking.log(tracker, out, kind)} runs logged to MLflow at {self.tracking}")
 
     def experiment(self, preset: str, first: Sequence[str] = (), last: Sequence[str] = ()) -> Experiment:
         """The preset with `first` (a sweep's own changes), then this request's, then `last` (a point's)."""
         return config.load(preset, [*first, *self.changes, *last])
 
-    def train(self, planned: list[PlannedRun]) -> None:
+    def train(self, planned: list[PlannedRun], pruning: RoundView | None = None) -> None:
         engine = Engine.create(self.engine.device, self.engine.precision)  # checks the names before anything runs
         tuned = calibration.calibration(engine.device, log=self.log)
         workers = 1 if self.engine.engine == "keras" else self.workers  # Keras trains each run alone, here
         placement = Placement(tuned, self.engine, self.cluster, workers)
         # Files in a --data-dir say which data set they are, unless a data set was named.
         identify = bool(self.data_dir and not self.dataset)
-        execute(planned, placement, self.data_dir, identify=identify, log=self.log, progress=self.progress)
+        execute(planned, placement, self.data_dir, identify, self.log, self.progress, pruning)
 
-    def train_unfinished(self, planned: list[PlannedRun], out: Path) -> None:
-        todo = [p for p in planned if not _finished_as_planned(p)]
-        if len(todo) < len(planned):
+    def train_unfinished(self, planned: list[PlannedRun], out: Path, pruning: RoundView | None = None) -> None:
+        todo = [p for p in planned if not _finished_as_planned(p, pruning)]
+        if todo and len(todo) < len(planned) and pruning is not None:
+            # A pruned round's judges weigh each trial on all its seeds, against the trials stacked beside
+            # it: the round trains whole again, as the search interrupted in it did.
+            self.log(f"{len(planned) - len(todo)} of the round's {len(planned)} runs were written before the")
+            self.log("  search stopped: the round trains again from its start, and what was written stands")
+            unwritten = {p.folder.path for p in todo}
+            todo = [p if p.folder.path in unwritten else replace(p, replay=True) for p in planned]
+        elif len(todo) < len(planned):
             self.log(f"{len(planned) - len(todo)} of {len(planned)} runs already finished in {out}")
         if todo:
-            self.train(todo)
+            self.train(todo, pruning)
 
     def per_round(self, batch_size: int | None) -> int:
         """How many models one round of stacks trains at once on this machine: an Optuna search asks that many."""
@@ -264,7 +294,7 @@ class _Request:
 
 
 OPTIONS = ("epochs", "seed", "seeds", "out", "set", "dataset", "data_dir", "overwrite", "device", "precision")
-OPTIONS += ("compile", "engine", "workers", "cluster", "progress", "quiet")
+OPTIONS += ("compile", "engine", "workers", "cluster", "track", "progress", "quiet")
 
 
 def _request(given: dict, keys: dict) -> _Request:
@@ -289,6 +319,7 @@ def _request(given: dict, keys: dict) -> _Request:
         workers=given["workers"],
         progress=not quiet and (interactive() if progress is None else bool(progress)),
         log=_quiet if quiet else print,
+        tracking=tracking.uri(given["track"]),
     )
 
 
@@ -387,8 +418,11 @@ def _check_points(spec: Sweep, request: _Request) -> None:
             raise ConfigError(f"sweep {spec.name}, point {point.label}: {exc}") from None
 
 
-def _finished_as_planned(run: PlannedRun) -> bool:
+def _finished_as_planned(run: PlannedRun, pruning: RoundView | None = None) -> bool:
     """Whether the run's folder holds a finished run of its config (one of another config was refused or
-    is to be overwritten by then)."""
+    is to be overwritten by then), or in a pruned search one that its pruner stopped."""
+    done = run.folder.is_finished or (
+        pruning is not None and run.folder.is_pruned and stands(run.folder, pruning.search)
+    )
     found = run.folder.read_marker()
-    return run.folder.is_finished and found is not None and found["config"] == config.to_toml(run.experiment)
+    return done and found is not None and found["config"] == config.to_toml(run.experiment)

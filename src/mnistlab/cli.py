@@ -267,6 +267,13 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="local worker processes (default: as this machine's calibration says)",
     )
+    parser.add_argument(
+        "--track",
+        default=None,
+        metavar="URI",
+        help="log every run to the MLflow tracking server at URI, e.g. http://127.0.0.1:5000 (default: "
+        "$MLFLOW_TRACKING_URI, or none; the [mlflow] extra)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     _data_options(parser)
 

@@ -11,3 +11,7 @@ class DataError(MnistlabError):
 
 class ConfigError(MnistlabError, ValueError):
     """A preset, a config file, a command-line override or a keyword argument is wrong."""
+
+
+class Diverged(MnistlabError):
+    """A run's loss stopped being a finite number: nothing was written for it (the others were)."""

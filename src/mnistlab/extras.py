@@ -3,7 +3,7 @@
 The base install trains, reports and reads digits (`data`, `run`, `study`, `report`, `predict`). The rest
 comes with an extra: `serve` (FastAPI, uvicorn), `onnx` (export, and predict --onnx), `cluster` (Dask:
 local worker processes and clusters), `sweep` (Optuna searches), `notebook` (pandas tables, Jupyter),
-`keras` (the lab's own Keras, beside mnistlab's engine). A
+`keras` (the lab's own Keras, beside mnistlab's engine), `mlflow` (runs logged to an MLflow server). A
 command that needs one that is not installed says which, in one line, before it does anything.
 """
 
@@ -24,6 +24,7 @@ EXTRA_OF = {  # module -> the extra that installs it
     "optuna": "sweep",
     "pandas": "notebook",
     "keras": "keras",
+    "mlflow": "mlflow",
 }
 
 

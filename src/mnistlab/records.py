@@ -3,7 +3,8 @@ clean scores, and a run folder's metrics.json and history.csv. Reading a run fol
 needs only this module, never the training engine (it imports no torch).
 
 metrics.json is a stable contract for scripts: for each split, `loss` and `accuracy` (fractions); the
-epochs of each phase; `parameters`, `seed`, `wall_seconds`. `format` says which layout wrote it.
+epochs of each phase; `parameters`, `seed`, `wall_seconds`. `format` says which layout wrote it. A run
+that a search's pruner stopped has pruned.json instead (`PrunedRun`).
 """
 
 import csv
@@ -37,6 +38,8 @@ class Fit:
     stopped_early: bool
     restored_best: bool = False  # params are the best epoch's, not the last one's
     diverged: bool = False  # its loss stopped being a finite number: it ended there, and means nothing
+    pruned: str | None = None  # why a search's pruner stopped it after its last epoch, or None
+    row_steps: int = 0  # steps its stack computed its row: a row stays until the stack sheds it
 
     @property
     def epochs(self) -> int:
@@ -65,9 +68,13 @@ class RunResult:
     """One member's run of the protocol."""
 
     phase1: Fit  # on the train split, evaluated on validation
-    phase2: Fit  # fresh, on the full training set, evaluated on test
+    phase2: Fit | None  # fresh, on the full training set, evaluated on test; None where phase 1 was pruned
     scores: dict[str, Score]  # split -> clean score: train and validation after phase 1, full and test after 2
     seconds: float  # wall time of the stack this member trained in
+
+    @property
+    def pruned(self) -> bool:
+        return self.phase1.pruned is not None
 
     @property
     def weights(self) -> "torch.Tensor":
@@ -79,7 +86,7 @@ class RunResult:
         """Where its loss stopped being a finite number ("epoch 3 of phase 1"), or None: a run that
         diverged means nothing, and is not written."""
         for number, phase in ((1, self.phase1), (2, self.phase2)):
-            if phase.diverged:
+            if phase is not None and phase.diverged:
                 return f"epoch {phase.epochs} of phase {number}"
         if not all(math.isfinite(s.loss) and math.isfinite(s.accuracy) for s in self.scores.values()):
             return "its final evaluation"
@@ -201,6 +208,61 @@ class Metrics:
             raise MnistlabError(f"{origin}: {exc}") from None
 
 
+PRUNED_FORMAT = 1  # of pruned.json
+PRUNED_SPLITS = ("train", "validation")  # what a pruned run was evaluated on: it has no phase 2
+
+
+@dataclass(frozen=True)
+class PrunedRun:
+    """A search's run that its pruner stopped in phase 1: pruned.json, in place of metrics.json. It has
+    no phase 2, no test score and no model: only its phase-1 history and the validation score it had."""
+
+    preset: str
+    seed: int
+    dataset: str
+    epoch: int  # the last epoch it trained; it was stopped after it
+    reason: str  # the pruner's rule, as it applied to this run
+    pruner: str  # the search's pruner settings, as `pruning.describe` names them
+    scores: dict[str, Score]  # train and validation: clean, after that epoch
+    wall_seconds: float  # of the whole stack it trained in
+
+    def to_json(self) -> dict:
+        return {
+            "format": PRUNED_FORMAT,
+            "preset": self.preset,
+            "seed": self.seed,
+            "dataset": self.dataset,
+            "pruned_after_epoch": self.epoch,
+            "reason": self.reason,
+            "pruner": self.pruner,
+            **{split: {"loss": s.loss, "accuracy": s.accuracy} for split, s in self.scores.items()},
+            "wall_seconds": self.wall_seconds,
+        }
+
+    @classmethod
+    def from_json(cls, table: dict, origin: str) -> "PrunedRun":
+        if not isinstance(table, dict) or table.get("format") != PRUNED_FORMAT:
+            raise MnistlabError(f"{origin}: not a pruned run that this mnistlab wrote (format {PRUNED_FORMAT})")
+        try:
+            return cls(
+                preset=_typed(table["preset"], str),
+                seed=_typed(table["seed"], int),
+                dataset=_typed(table["dataset"], str),
+                epoch=_typed(table["pruned_after_epoch"], int),
+                reason=_typed(table["reason"], str),
+                pruner=_typed(table["pruner"], str),
+                scores={
+                    split: Score(_typed(table[split]["loss"], float), _typed(table[split]["accuracy"], float))
+                    for split in PRUNED_SPLITS
+                },
+                wall_seconds=_typed(table["wall_seconds"], float),
+            )
+        except KeyError as exc:
+            raise MnistlabError(f"{origin}: missing {exc}") from None
+        except TypeError as exc:
+            raise MnistlabError(f"{origin}: {exc}") from None
+
+
 def _typed(value, kind: type):
     """`value` if it is a `kind` (an int passes for a float, a bool for nothing else); raises TypeError."""
     fits = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
@@ -224,7 +286,7 @@ class History:
 
     @classmethod
     def of(cls, result: RunResult) -> "History":
-        return cls(result.phase1.history, result.phase2.history)
+        return cls(result.phase1.history, result.phase2.history if result.phase2 else [])
 
     def to_csv(self) -> str:
         out = io.StringIO()

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 
 from mnistlab.data import SPLITS
 from mnistlab.errors import MnistlabError
-from mnistlab.evaluation import figures
+from mnistlab.evaluation import figures, search
 from mnistlab.extras import require
 from mnistlab.reporting import lab, sweep_section
 from mnistlab.reporting.experiments import ExperimentRuns, discover
@@ -236,21 +236,32 @@ class SweepResults:
 
     def table(self):
         """sweep.csv as a pandas DataFrame: a row per run, the axes' values, the seed, every split's loss
-        and accuracy, the epochs and the wall time."""
+        and accuracy (train and validation only for a pruned run), the epochs, the wall time, and `pruned`."""
         require("SweepResults.table", "pandas")
         import pandas as pd
 
         return pd.read_csv(self.folder / "sweep.csv")
 
     def plot(self) -> Figure:
-        """The sweep's validation curve (over two axes, a heat map of validation error)."""
-        record, points, _ = sweep_section.summarise_points(self.folder)
-        return sweep_section.figure(record, points)
+        """The sweep's validation curve (over two axes of a grid, a heat map of validation error; for a search
+        over two or more parameters, its points in parallel coordinates)."""
+        return sweep_section.figure(sweep_section.summarise_points(self.folder))
+
+    def importance(self) -> list[tuple[str, float]]:
+        """Each parameter that varied, with its share of the variance of validation loss over the completed
+        points (fANOVA, as the report computes it), largest first."""
+        summary = sweep_section.summarise_points(self.folder)
+        parameters = summary.varying()
+        if not parameters or len(summary.points) < 2:
+            raise MnistlabError(f"{self.folder}: importance needs a parameter that varied and two completed points")
+        return search.importance(parameters, summary.trials())
 
     def _repr_html_(self) -> str:
-        record, points, _ = sweep_section.summarise_points(self.folder)
+        summary = sweep_section.summarise_points(self.folder)
+        record, points = summary.record, summary.points
         said = sweep_section.sentence(record, points, sweep_section.read_curve(points)) if points else "No point yet."
-        return f"<div><b>{html.escape(record['name'])}</b>: {len(points)} points. {html.escape(said)}</div>"
+        pruned = f", {len(summary.pruned)} pruned" if summary.pruned else ""
+        return f"<div><b>{html.escape(record['name'])}</b>: {len(points)} points{pruned}. {html.escape(said)}</div>"
 
 
 def _each(images) -> list:

@@ -9,7 +9,7 @@ nothing needs closing.
 
 import functools
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -287,6 +287,7 @@ class SweepCurve:
     best: int  # index of the point of lowest validation loss
     lab: list  # the values the lab report used
     regions: dict[str, list[int]]  # "high bias" / "high variance" -> indices of points
+    pruned: list = field(default_factory=list)  # (value, validation loss when stopped) of pruned points
 
 
 REGION_COLOURS = {"high bias": "#ff7f0e", "high variance": "#9467bd"}
@@ -312,6 +313,11 @@ def sweep_curve(curve: SweepCurve, title: str) -> Figure:
         for index, value in enumerate(v for v in curve.lab if v in curve.x):
             label = "the lab's values" if index == 0 else None
             ax.axvline(xs[curve.x.index(value)], color="0.3", linestyle="--", linewidth=1, label=label)
+        stopped = [
+            (float(v) if numeric else curve.x.index(v), loss) for v, loss in curve.pruned if numeric or v in curve.x
+        ]
+        if metric == "loss" and stopped:
+            ax.plot(*zip(*stopped, strict=True), "x", color="0.5", label="pruned (validation loss when stopped)")
         for region, indices in curve.regions.items():
             for i in indices:
                 left, right = _between(xs, i - 1, i, log), _between(xs, i, i + 1, log)

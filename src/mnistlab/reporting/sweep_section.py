@@ -1,5 +1,7 @@
 """A sweep's section of the report: its validation curve (or, over two axes, a heat map of validation
-error), and a sentence that tests the lab report's claim against the curve.
+error), and a sentence that tests the lab report's claim against the curve. A search over two or more
+parameters gets their importance and its trials in parallel coordinates instead (`evaluation.search`),
+and a pruned search counts its pruned trials and draws them apart.
 
 Reading the curve. The best point has the lowest mean validation loss (never the test set's). Seed noise
 is each point's 95% interval of mean validation loss: points whose interval overlaps the best's are
@@ -15,7 +17,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnistlab.evaluation import figures
+from mnistlab.evaluation import figures, search
 from mnistlab.evaluation.statistics import Summary, summarise
 from mnistlab.reporting.document import Heading, Image, Paragraph, Table
 from mnistlab.studies import ownership
@@ -49,6 +51,41 @@ class PointSummary:
 
 
 @dataclass(frozen=True)
+class PrunedPoint:
+    """A point whose runs its search's pruner stopped: the mean of its seeds' last validation loss."""
+
+    label: str
+    settings: dict
+    epoch: int  # the epoch its runs were stopped after
+    validation_loss: float
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    """A sweep folder, read: its record, its points with finished runs, the pruned ones, and the points
+    with neither (not trained yet, or their folders gone)."""
+
+    record: dict
+    points: list[PointSummary]
+    pruned: list[PrunedPoint]
+    missing: list[str]
+
+    @property
+    def is_search(self) -> bool:
+        return self.record.get("search", {}).get("method", "grid") != "grid"
+
+    def trials(self) -> list[search.SearchTrial]:
+        """Every trained point as a trial of a search, in the record's order."""
+        trained = [(p.settings, p.validation_loss.mean, False) for p in self.points]
+        trained += [(p.settings, p.validation_loss, True) for p in self.pruned]
+        return [search.SearchTrial(*trial) for trial in trained]
+
+    def varying(self) -> list[search.Parameter]:
+        drawn = self.record.get("search", {}).get("log_uniform")
+        return search.varying(self.trials(), drawn) if self.points or self.pruned else []
+
+
+@dataclass(frozen=True)
 class Reading:
     best: PointSummary
     within_noise: list[PointSummary]
@@ -61,15 +98,19 @@ def datasets(folder: Path) -> set[str]:
     return {row.dataset for row in read_rows(folder)[1]}
 
 
-def summarise_points(folder: Path) -> tuple[dict, list[PointSummary], list[str]]:
-    """The sweep's record, a summary per point trained, in the record's order, and the points that
-    have no finished run (not trained yet, or their folders gone)."""
+def summarise_points(folder: Path) -> SweepSummary:
+    """The sweep's record, a summary per point trained and per point pruned, in the record's order, and
+    the points that have no finished run."""
     record, rows = read_rows(folder)
-    points, missing = [], []
+    points, pruned, missing = [], [], []
     for entry in record["points"]:
         mine = [r for r in rows if r.point == entry["folder"]]
         if not mine:
             missing.append(entry["folder"])
+            continue
+        if any(r.pruned for r in mine):
+            loss = sum(r.scores["validation"][0] for r in mine) / len(mine)
+            pruned.append(PrunedPoint(entry["folder"], mine[0].settings, min(r.epochs for r in mine), loss))
             continue
 
         def over_seeds(split: str, error: bool, mine=mine) -> Summary:
@@ -86,7 +127,7 @@ def summarise_points(folder: Path) -> tuple[dict, list[PointSummary], list[str]]
                 over_seeds("validation", True),
             )
         )
-    return record, points, missing
+    return SweepSummary(record, points, pruned, missing)
 
 
 def read_curve(points: list[PointSummary]) -> Reading:
@@ -164,7 +205,8 @@ def _show(value) -> str:
 
 def section(folder: Path, figure_path: Path) -> list:
     """The report's blocks for the sweep in `folder`; its figure is drawn to `figure_path`."""
-    record, points, missing = summarise_points(folder)
+    summary = summarise_points(folder)
+    record, points, missing = summary.record, summary.points, summary.missing
     title = f"Sweep: {record['name']}"
     if missing:
         warnings.warn(
@@ -172,7 +214,7 @@ def section(folder: Path, figure_path: Path) -> list:
             stacklevel=3,
         )
     if not points:
-        return [Heading(2, title), Paragraph(f"{folder}: no point has finished yet.")]
+        return [Heading(2, title), Paragraph(f"{folder}: no point has finished yet."), *_pruned_blocks(summary)]
     blocks = [Heading(2, title), Paragraph(record["description"])]
     if missing:
         blocks.append(
@@ -184,9 +226,12 @@ def section(folder: Path, figure_path: Path) -> list:
         )
     if record["claim"]:
         blocks.append(Paragraph(f"The lab report: \u201c{record['claim']}\u201d"))
+    blocks += _pruned_blocks(summary)
     keys = [key for axis in record["axes"] for key in axis]
-    figures.save(figure(record, points), figure_path)
-    if len(record["axes"]) == 2:
+    figures.save(figure(summary), figure_path)
+    if summary.is_search and len(summary.varying()) >= 2:
+        blocks += _search_blocks(summary, figure_path)
+    elif len(record["axes"]) == 2:
         best = min(points, key=lambda p: p.validation_loss.mean)
         settings = ", ".join(f"{k.rpartition('.')[2]} = {_show(x_value(best.settings[k]))}" for k in keys)
         found = f"The lowest validation loss is at {settings} ({best.validation_loss.mean:.4f})."
@@ -197,16 +242,78 @@ def section(folder: Path, figure_path: Path) -> list:
             Paragraph(sentence(record, points, read_curve(points))),
         ]
     header = [*(k.rpartition(".")[2] for k in keys), "seeds", "train loss", "validation loss", "validation error"]
-    rows = [[*(_show(x_value(p.settings[k])) for k in keys), *_numbers(p)] for p in points]
+    shown = sorted(points, key=lambda p: p.validation_loss.mean)[:SEARCH_ROWS] if summary.is_search else points
+    rows = [[*(_show(x_value(p.settings[k])) for k in keys), *_numbers(p)] for p in shown]
+    if len(shown) < len(points):
+        blocks.append(Paragraph(f"The best {len(shown)} of {len(points)} completed points, by validation loss:"))
     return [*blocks, Table(header, rows), Paragraph(f"Every run: {folder / 'sweep.csv'}.")]
 
 
-def figure(record: dict, points: list[PointSummary]):
-    """The sweep's figure: its validation curve, or over two axes a heat map of validation error."""
+SEARCH_ROWS = 10  # a search's table shows its best points; sweep.csv has every run
+
+
+def _pruned_blocks(summary: SweepSummary) -> list:
+    """How many of a pruned search's trials its pruner stopped, and after which epochs."""
+    if not summary.pruned:
+        return []
+    after: dict[int, int] = {}
+    for point in summary.pruned:
+        after[point.epoch] = after.get(point.epoch, 0) + 1
+    when = ", ".join(f"{count} after epoch {epoch}" for epoch, count in sorted(after.items()))
+    pruner = summary.record.get("search", {}).get("pruner") or "its pruner"
+    total = len(summary.points) + len(summary.pruned)
+    return [
+        Paragraph(
+            f"The pruner, {pruner}, stopped {len(summary.pruned)} of the {total} points trained ({when}). A pruned "
+            "point has no retraining, no test score and no model; it is drawn apart (grey, dashed) at the validation "
+            "loss it was stopped with, and left out of the table and of the importance below. Why each was "
+            "stopped: pruned.json in its folder."
+        )
+    ]
+
+
+def _search_blocks(summary: SweepSummary, figure_path: Path) -> list:
+    """A search's parallel coordinates and, with enough completed trials, its parameters' importance."""
+    parameters, name = summary.varying(), summary.record["name"]
+    blocks = [
+        Image(figure_path, f"parallel coordinates, {name}"),
+        Paragraph(
+            "Each line is a point of the search, across one axis per parameter that varied (a log axis where its "
+            f"values span a factor of {search.LOG_SPAN} or more) and its mean validation loss; the best tenth of "
+            "the completed points is bold, coloured from the best (dark) on."
+        ),
+    ]
+    completed = len(summary.points)
+    if completed < MIN_IMPORTANCE_TRIALS:
+        return [
+            *blocks,
+            Paragraph(
+                f"Parameter importance needs at least {MIN_IMPORTANCE_TRIALS} completed points; this search has "
+                f"{completed}."
+            ),
+        ]
+    shares = search.importance(parameters, summary.trials())
+    method = (
+        "Parameter importance by fANOVA (Optuna's FanovaImportanceEvaluator, seed 0): a random forest fitted to "
+        "the completed points' validation loss, whose variance it splits among the parameters. "
+    )
+    table = Table(["parameter", "share of the variance of validation loss"], [[k, f"{v:.0%}"] for k, v in shares])
+    return [*blocks, Paragraph(method + search.CAVEATS.format(trials=completed)), table]
+
+
+MIN_IMPORTANCE_TRIALS = 8
+
+
+def figure(summary: SweepSummary):
+    """The sweep's figure: its validation curve, over two axes of a grid a heat map of validation error, and
+    for a search over two or more parameters its parallel coordinates."""
+    record, points = summary.record, summary.points
+    if summary.is_search and len(summary.varying()) >= 2:
+        return search.parallel_coordinates(summary.varying(), summary.trials(), f"{record['name']}: the search")
     if len(record["axes"]) == 2:
         return figures.sweep_heatmap(_grid(record, points), f"{record['name']}: validation error")
     reading = read_curve(points)
-    return figures.sweep_curve(_curve(record, points, reading), f"{record['name']}: validation curve")
+    return figures.sweep_curve(_curve(record, summary, reading), f"{record['name']}: validation curve")
 
 
 def _listed(names: list[str], shown: int = 5) -> str:
@@ -225,8 +332,11 @@ def _with_interval(summary: Summary) -> str:
     return f"{summary.mean:.4f} ({summary.low:.4f}-{summary.high:.4f})"
 
 
-def _curve(record: dict, points: list[PointSummary], reading: Reading) -> figures.SweepCurve:
+def _curve(record: dict, summary: SweepSummary, reading: Reading) -> figures.SweepCurve:
     key = record["axes"][0][0]
+    points = summary.points
+    if all(isinstance(x_value(p.settings[key]), int | float) for p in points):  # a search draws in no order
+        points = sorted(points, key=lambda p: x_value(p.settings[key]))
     return figures.SweepCurve(
         name=key.rpartition(".")[2],
         x=[x_value(p.settings[key]) for p in points],
@@ -237,6 +347,7 @@ def _curve(record: dict, points: list[PointSummary], reading: Reading) -> figure
         best=points.index(reading.best),
         lab=[x_value(v) for v in record["lab"].get(key, next(iter(record["lab"].values()), []))],
         regions={region: [points.index(p) for p in found] for region, found in _regions(reading).items()},
+        pruned=[(x_value(p.settings[key]), p.validation_loss) for p in summary.pruned],
     )
 
 

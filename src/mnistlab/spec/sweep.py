@@ -20,6 +20,9 @@
     trials = 16
     seed = 0
     storage = "sqlite:///search.db"  # optuna only: resume the search from there (default: in memory)
+    pruner = "asha"                  # optuna only: stop bad trials early; "hyperband", "median" or "none"
+    min_epochs = 1                   # ... the first epoch at which a trial may be stopped
+    reduction_factor = 3             # ... asha and hyperband keep 1 in this many at each rung
 
 A grid is the cross product of its axes. Axes may mix keys that members of one lockstep stack can differ
 in (penalties, dropout, learning rate, epochs) with keys that they cannot (widths, batch size): the
@@ -40,8 +43,10 @@ from mnistlab.spec.config import MAX_SEED, shown, toml_value
 
 TOP_KEYS = ("description", "claim", "base", "set", "lab", "axis", "search")
 AXIS_KEYS = ("key", "keys", "values", "range", "log_range", "points", "uniform", "log_uniform")
-SEARCH_KEYS = ("method", "trials", "seed", "storage")
+SEARCH_KEYS = ("method", "trials", "seed", "storage", "pruner", "min_epochs", "reduction_factor")
 METHODS = ("grid", "random", "optuna")
+PRUNERS = ("none", "asha", "hyperband", "median")  # Optuna's SuccessiveHalving, Hyperband and Median pruners
+REDUCTION_FACTOR = {"asha": 4, "hyperband": 3}  # Optuna's defaults
 NOT_SWEPT = ("seed", "extends", "description")  # seeds are --seeds; the others are not numbers of a run
 MAX_POINTS = 10_000  # of a grid, or trials of a search: a sweep is planned whole before it trains
 MAX_AXIS_POINTS = 1_000
@@ -97,6 +102,13 @@ class Search:
     trials: int = 0
     seed: int = 0
     storage: str | None = None
+    pruner: str = "none"
+    min_epochs: int = 1  # a trial is never stopped before it has trained this many epochs
+    reduction_factor: int = 0  # asha and hyperband: of the trials at a rung, 1 in this many go on
+
+    @property
+    def prunes(self) -> bool:
+        return self.pruner != "none"
 
 
 @dataclass(frozen=True)
@@ -243,7 +255,22 @@ def _search(table, origin: str) -> Search:
         raise ConfigError(f"{origin}: search.storage must be a database URL (a string), got {shown(storage)}")
     if storage is not None and method != "optuna":
         raise ConfigError(f'{origin}: search.storage is for method = "optuna" only')
-    return Search(method, trials, seed, storage)
+    pruner = table.get("pruner", "none")
+    if not isinstance(pruner, str) or pruner not in PRUNERS:
+        raise ConfigError(f"{origin}: search.pruner must be one of {', '.join(PRUNERS)}, got {shown(pruner)}")
+    if pruner != "none" and method != "optuna":
+        raise ConfigError(f'{origin}: search.pruner is for method = "optuna" only')
+    min_epochs = table.get("min_epochs", 1)
+    if not _whole(min_epochs, 1, config.MAX_EPOCHS):
+        raise ConfigError(
+            f"{origin}: search.min_epochs must be an integer from 1 to {config.MAX_EPOCHS:,}, got {shown(min_epochs)}"
+        )
+    factor = table.get("reduction_factor", REDUCTION_FACTOR.get(pruner, 0))
+    if "reduction_factor" in table and pruner not in REDUCTION_FACTOR:
+        raise ConfigError(f'{origin}: search.reduction_factor is for pruner = "asha" or "hyperband" only')
+    if pruner in REDUCTION_FACTOR and not _whole(factor, 2, 100):
+        raise ConfigError(f"{origin}: search.reduction_factor must be an integer from 2 to 100, got {shown(factor)}")
+    return Search(method, trials, seed, storage, pruner, min_epochs, factor)
 
 
 def _whole(value, low: int, high: int) -> bool:

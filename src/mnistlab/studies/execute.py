@@ -13,13 +13,15 @@ import numpy as np
 import torch
 
 from mnistlab import data
-from mnistlab.errors import MnistlabError
+from mnistlab.errors import Diverged
 from mnistlab.spec import leaders
+from mnistlab.studies import pruning
 from mnistlab.studies.executors import StackOutcome, StackTask, executor
 from mnistlab.studies.folder import RunFolder
 from mnistlab.studies.plan import PlannedRun, Stack, stacks, twins
 from mnistlab.studies.progress import PlanProgress
-from mnistlab.studies.write import write_aggregate, write_run
+from mnistlab.studies.pruning import RoundView
+from mnistlab.studies.write import write_aggregate, write_pruned, write_run
 from mnistlab.train import calibration
 from mnistlab.train.calibration import Calibration
 from mnistlab.train.choices import EngineOptions
@@ -45,11 +47,13 @@ def execute(
     identify: bool = False,
     log: Callable[[str], None] = print,
     progress: bool = False,
+    pruning: RoundView | None = None,
 ) -> None:
     """Train every planned run, stacking those that can share a stack, and write their folders.
 
     `data_dir` is where the data sets are; with `identify` its files say which data set they are
-    (see `data.load`), rather than the experiments' `dataset` key.
+    (see `data.load`), rather than the experiments' `dataset` key. `pruning`: the round of a pruned
+    search that the runs are (their `trial`s are its), whose pruner stops trials between epochs.
     """
     served = twins(runs)
     for same in served.values():
@@ -58,23 +62,27 @@ def execute(
     tuned = placement.tuned
     unique = [same[0] for same in served.values()]
     workers = placement.workers or tuned.workers
-    plan = stacks(unique, tuned.stack_rows, workers)
+    # A pruned round's stacks start as many times larger as its pruner keeps 1 in: after the first rung
+    # they have shed to about the rows that pay, rather than to a few.
+    rows = tuned.stack_rows * (max(2, pruning.search.reduction_factor) if pruning else 1)
+    plan = stacks(unique, rows, workers)
     if not placement.cluster:
         # No more local workers than stacks: a plan of one stack trains in this process, on every core
         # that pays for a stack alone, rather than in one single-threaded worker beside an idle one.
         workers = min(workers, len(plan))
     with executor(placement.cluster, workers, progress, log, tuned.threads_alone) as where:
         if where.workers != workers:  # a cluster of another size, or no Dask to give the workers
-            plan = stacks(unique, tuned.stack_rows, where.workers)
+            plan = stacks(unique, rows, where.workers)
         datasets = _datasets(plan, data_dir, identify, progress)
         threads, token = where.threads(len(plan)), secrets.token_hex(8)
         tasks = [
-            _task(key, token, stack, datasets[_source(stack)], placement, threads) for key, stack in enumerate(plan)
+            _task(key, token, stack, datasets[_source(stack)], placement, threads, pruning)
+            for key, stack in enumerate(plan)
         ]
         for stack in plan:
             log(stack.describe())
         planned = {task.key: 2 * sum(member.epochs for member in task.members) for task in tasks}
-        bar = PlanProgress(planned, len(runs), progress)
+        bar = PlanProgress(planned, sum(not run.replay for run in runs), progress)
         writer = _Writer(runs, served, bar.around(log))
         reached = []
         try:
@@ -86,7 +94,7 @@ def execute(
     calibration.record(torch.device("cpu"), reached)
     if writer.diverged:
         more = f" (and {len(writer.diverged) - 1} more)" if len(writer.diverged) > 1 else ""
-        raise MnistlabError(f"{writer.diverged[0]}{more}; nothing was written for it: lower train.learning_rate")
+        raise Diverged(f"{writer.diverged[0]}{more}; nothing was written for it: lower train.learning_rate")
 
 
 def _reached(task: StackTask, outcome: StackOutcome, dataset: data.Dataset, processes: int) -> list:
@@ -96,6 +104,7 @@ def _reached(task: StackTask, outcome: StackOutcome, dataset: data.Dataset, proc
     if (
         engine.device.type != "cpu"
         or not engine.compile
+        or task.pruning is not None  # a stack that sheds rows changes shape mid-way
         or task.batch_size != PROBE_BATCH
         or engine.bf16_layers(task.arch.shapes, PROBE_BATCH)
     ):
@@ -132,7 +141,7 @@ class _Writer:
         self.served, self.log, self.started = served, log, time.time()
         self.unwritten: dict[RunFolder, set[RunFolder]] = {}
         for run in runs:
-            if run.folder.is_seed_run:
+            if run.folder.is_seed_run and not run.replay:
                 self.unwritten.setdefault(RunFolder(run.folder.path.parent), set()).add(run.folder)
         self.diverged: list[str] = []
 
@@ -146,14 +155,21 @@ class _Writer:
                 self.log(f"  {self.diverged[-1]}; not written")
                 continue
             for run in served:
+                if run.replay:
+                    continue
                 environment = _environment(outcome, run.experiment.seed, result.seconds, self.started, size)
-                metrics = write_run(run.folder, run.experiment, result, task.arch, dataset, environment, size)
-                self.log(f"  {run.folder.path}: test accuracy {metrics.scores['test'].accuracy:.4f}")
+                if result.pruned:
+                    pruner = pruning.describe(task.pruning.view.search)
+                    write_pruned(run.folder, run.experiment, result, task.arch, dataset, environment, pruner)
+                    self.log(f"  {run.folder.path}: pruned, {result.phase1.pruned}")
+                else:
+                    metrics = write_run(run.folder, run.experiment, result, task.arch, dataset, environment, size)
+                    self.log(f"  {run.folder.path}: test accuracy {metrics.scores['test'].accuracy:.4f}")
                 written += 1
                 if run.folder.is_seed_run:
                     parent = RunFolder(run.folder.path.parent)
                     self.unwritten[parent].discard(run.folder)
-                    if not self.unwritten[parent]:
+                    if not self.unwritten[parent] and parent.seeds():  # a pruned trial's seeds have no aggregate
                         write_aggregate(parent)
         return written
 
@@ -162,7 +178,15 @@ def _source(stack: Stack) -> tuple[str, int]:
     return stack[0].experiment.dataset, stack[0].experiment.validation_size
 
 
-def _task(key: int, token: str, stack: Stack, dataset: data.Dataset, placement: Placement, threads: int) -> StackTask:
+def _task(
+    key: int,
+    token: str,
+    stack: Stack,
+    dataset: data.Dataset,
+    placement: Placement,
+    threads: int,
+    pruning: RoundView | None,
+) -> StackTask:
     first, rows = stack[0].experiment, len(stack.rows)
     return StackTask(
         key=key,
@@ -174,6 +198,7 @@ def _task(key: int, token: str, stack: Stack, dataset: data.Dataset, placement: 
         engine=placement.engine,
         threads=threads,
         label=first.name if rows == 1 else f"{rows} models",
+        pruning=pruning.for_stack(tuple(r.trial for r in stack)) if pruning else None,
     )
 
 

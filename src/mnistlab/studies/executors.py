@@ -31,7 +31,9 @@ from mnistlab.errors import MnistlabError
 from mnistlab.extras import installed, require
 from mnistlab.records import RunResult
 from mnistlab.spec import Architecture, Hyperparameters, leaders
+from mnistlab.studies import pruning
 from mnistlab.studies.progress import TOPIC
+from mnistlab.studies.pruning import StackPruning
 from mnistlab.train import calibration, keras_engine
 from mnistlab.train.choices import EngineOptions
 from mnistlab.train.engine import Engine, flush_denormals
@@ -67,6 +69,7 @@ class StackTask:
     label: str
     key: int = 0  # the stack's number in its plan, which its progress counts are told under
     plan: str = ""  # the plan's own token: counts of other plans on a shared cluster are not this one's
+    pruning: StackPruning | None = None  # a pruned search's round, and the trial of each member
 
 
 @dataclass
@@ -109,7 +112,8 @@ def train_stack(
                 train = keras_engine.train_protocol
             else:
                 engine, trained_by = _engine(task, tuned, dataset.split_sizes()), f"mnistlab {__version__}"
-                train = partial(train_protocol, engine=engine)
+                judge = pruning.judge(task.pruning) if task.pruning else None
+                train = partial(train_protocol, engine=engine, judge=judge)
             results = train(task.arch, list(task.members), dataset.on(engine.device), task.batch_size, progress=bars)
         finally:
             torch.set_num_threads(was)
@@ -143,7 +147,7 @@ def _engine(task: StackTask, tuned: calibration.Calibration, sizes: dict[str, in
     if compiles == "auto":
         steps, rows_per_step = planned_steps(list(task.members), (sizes["train"], sizes["full"]), task.batch_size)
         compiles = tuned.compiles(len(task.arch.shapes), rows, steps, rows_per_step)
-    return Engine.create(asked.device, asked.precision, bool(compiles), tuned.bf16_min_macs)
+    return Engine.create(asked.device, asked.precision, bool(compiles), tuned.bf16_min_macs, tuned.compile_seconds)
 
 
 def _worker():

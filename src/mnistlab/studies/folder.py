@@ -10,6 +10,10 @@
                        per-class precision/recall/F1, normalised confusion matrix
     *.png              validation curves, retraining curve, misclassified, per class, confusion
 
+A run that a search's pruner stopped in phase 1 has pruned.json instead of metrics.json (the epoch it
+was stopped after, why, and its train and validation scores then), with its config, its phase-1
+history, summary and environment: no model, no phase 2, no test score.
+
 Runs of several seeds of one experiment live in seed-K folders below a common folder, which also gets
 aggregate.json (every metric's mean, standard deviation and 95% interval over the seeds) and the
 curves drawn as a mean with a band.
@@ -30,7 +34,7 @@ from safetensors import SafetensorError, safe_open
 from mnistlab.errors import MnistlabError
 from mnistlab.evaluation.analysis import Analysis
 from mnistlab.files import parse_json, parse_toml, read_limited, regular_file
-from mnistlab.records import History, Metrics
+from mnistlab.records import History, Metrics, PrunedRun
 
 if TYPE_CHECKING:
     import torch
@@ -47,6 +51,7 @@ class RunFolder:
     MARKER = ownership.MARKER
     CONFIG = "config.toml"
     METRICS = "metrics.json"
+    PRUNED = "pruned.json"
     HISTORY = "history.csv"
     WEIGHTS = "model.safetensors"
     MODEL = "model.json"
@@ -81,6 +86,10 @@ class RunFolder:
     def is_finished(self) -> bool:
         return self.file(self.METRICS).is_file()
 
+    @property
+    def is_pruned(self) -> bool:
+        return self.file(self.PRUNED).is_file() and not self.is_finished
+
     def seed(self, seed: int) -> "RunFolder":
         """The folder of one seed's run below a multi-seed folder."""
         return RunFolder(self.path / f"{self.SEED_PREFIX}{seed}")
@@ -89,18 +98,22 @@ class RunFolder:
     def is_seed_run(self) -> bool:
         return self.path.name.startswith(self.SEED_PREFIX)
 
-    def seeds(self) -> list["RunFolder"]:
-        """The finished seed-K runs below a multi-seed folder, by seed. Only `seed-` and a seed as mnistlab
-        writes it (`seed-7`, never `seed-07` or `seed-x`) name a seed's folder; other folders are not its."""
+    def seeds(self, pruned: bool = False) -> list["RunFolder"]:
+        """The finished seed-K runs below a multi-seed folder (and the pruned ones, if asked), by seed. Only
+        `seed-` and a seed as mnistlab writes it (`seed-7`, never `seed-07` or `seed-x`) name a seed's
+        folder; other folders are not its."""
         found = [
             RunFolder(p)
             for p in self.path.glob(f"{self.SEED_PREFIX}*")
-            if _SEED_NAME.fullmatch(p.name) and RunFolder(p).is_finished
+            if _SEED_NAME.fullmatch(p.name) and (RunFolder(p).is_finished or (pruned and RunFolder(p).is_pruned))
         ]
         return sorted(found, key=lambda f: int(f.path.name.removeprefix(self.SEED_PREFIX)))
 
     def read_metrics(self) -> Metrics:
         return Metrics.from_json(self._read_json(self.METRICS), str(self.file(self.METRICS)))
+
+    def read_pruned(self) -> PrunedRun:
+        return PrunedRun.from_json(self._read_json(self.PRUNED), str(self.file(self.PRUNED)))
 
     def read_marker(self) -> dict | None:
         return ownership.read_marker(self.path)

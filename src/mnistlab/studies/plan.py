@@ -23,6 +23,10 @@ class PlannedRun:
     experiment: Experiment  # its seed is the run's seed
     folder: RunFolder
     label: str = ""  # what the log calls it, where its experiment's name does not tell it (a sweep's point)
+    trial: int | None = None  # the number of the pruned search's trial it trains, whose seeds stack together
+    # Written already, by a search interrupted mid-round: trained again, and not written, so that its
+    # round's judges see what they saw the first time.
+    replay: bool = False
 
     @property
     def name(self) -> str:
@@ -107,6 +111,7 @@ def stacks(runs: list[PlannedRun], rows: int, workers: int = 1) -> list[Stack]:
     study's early-stopping run, trained alone, stops at epoch 27 of 50).
     Within a group, runs whose steps do the same extra work (`spec.StepWork`) stack together: a step
     pays for what any member asks of it (benchmarks/README.md, "What the code's comments measured").
+    The seeds of a pruned search's trial share a stack: the stack's judge weighs the trial on all of them.
     The largest stacks come first: they are the ones to start early."""
     riders = _riders(runs)
     riding = {rider.folder for stack_riders in riders.values() for rider in stack_riders}
@@ -117,12 +122,13 @@ def stacks(runs: list[PlannedRun], rows: int, workers: int = 1) -> list[Stack]:
     result = []
     for group in groups.values():
         group.sort(key=lambda r: (StepWork.of([r.experiment.hyperparameters]), r.experiment.seed))
+        units = _units(group)
         batch = group[0].experiment.batch_size
-        limit = max(1, rows // batch) if batch else 1  # a full batch needs no stacking
-        count = max(math.ceil(len(group) / limit), min(len(group), workers))
-        small, larger = divmod(len(group), count)  # sizes differ by one at most: 25 in 7 is 4,4,4,4,3,3,3
+        limit = max(1, rows // batch // len(units[0])) if batch else 1  # a full batch needs no stacking
+        count = max(math.ceil(len(units) / limit), min(len(units), workers))
+        small, larger = divmod(len(units), count)  # sizes differ by one at most: 25 in 7 is 4,4,4,4,3,3,3
         edges = accumulate((small + (i < larger) for i in range(count)), initial=0)
-        result += [group[start:end] for start, end in pairwise(edges)]
+        result += [[run for unit in units[start:end] for run in unit] for start, end in pairwise(edges)]
     # Of two stacks with the same budget, the one that may stop early goes later: it likely costs less.
     result.sort(key=lambda stack: (cost(stack), not _may_stop(stack[0])), reverse=True)
     return [Stack([*stack, *(rider for run in stack for rider in riders.get(run.folder, []))]) for stack in result]
@@ -140,6 +146,16 @@ def _riders(runs: list[PlannedRun]) -> dict[RunFolder, list[PlannedRun]]:
             if group[leader] is not run:
                 riders.setdefault(group[leader].folder, []).append(run)
     return riders
+
+
+def _units(group: list[PlannedRun]) -> list[list[PlannedRun]]:
+    """What a group's stacks are made of: the runs of one pruned search's trial together, else one run each."""
+    if group[0].trial is None:
+        return [[run] for run in group]
+    trials: dict[int, list[PlannedRun]] = {}
+    for run in group:
+        trials.setdefault(run.trial, []).append(run)
+    return list(trials.values())
 
 
 def _may_stop(run: PlannedRun) -> bool:

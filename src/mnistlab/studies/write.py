@@ -17,7 +17,7 @@ from mnistlab.files import json_text, temporary_sibling, write_atomic
 from mnistlab.nn import weights
 from mnistlab.nn.mlp import probabilities
 from mnistlab.nn.summary import summary
-from mnistlab.records import Fit, History, Metrics, RunResult
+from mnistlab.records import PRUNED_SPLITS, Fit, History, Metrics, PrunedRun, RunResult
 from mnistlab.spec import Architecture, Experiment
 from mnistlab.spec.config import to_toml
 from mnistlab.studies import ownership
@@ -35,24 +35,9 @@ def write_run(
 ) -> Metrics:
     """Every file of one run, built beside `folder` and renamed into place whole: a full disk or an
     interrupt leaves the folder as it was, and no part of the new one."""
-    try:
-        return _write_run(folder, experiment, result, arch, dataset, environment, stack_size)
-    except OSError as exc:
-        raise MnistlabError(f"{folder.path}: could not write the run ({exc.strerror or exc})") from None
-    except ValueError as exc:  # a number that is not finite: no file that cannot be read back
-        raise MnistlabError(f"{folder.path}: not written: {exc}") from None
 
-
-def _write_run(folder, experiment, result, arch, dataset, environment, stack_size) -> Metrics:
-    folder.path.parent.mkdir(parents=True, exist_ok=True)
-    building = RunFolder(temporary_sibling(folder.path, "building"))
-    building.path.mkdir()
-    try:
-        config = to_toml(experiment)
-        building.file(RunFolder.MARKER).write_text(ownership.marker("run", config))
-        building.file(RunFolder.CONFIG).write_text(config)
-        building.file(RunFolder.HISTORY).write_text(History.of(result).to_csv())
-        building.file(RunFolder.SUMMARY).write_text(summary(arch, experiment.hyperparameters))
+    def fill(building: RunFolder) -> Metrics:
+        _described_run(building, experiment, result, arch, environment)
         described = {
             "preset": experiment.name,
             "seed": experiment.seed,
@@ -62,7 +47,6 @@ def _write_run(folder, experiment, result, arch, dataset, environment, stack_siz
         weights.save(building.file(RunFolder.WEIGHTS), result.weights, arch, described)
         model = {"architecture": asdict(arch), **described}
         building.file(RunFolder.MODEL).write_text(json_text(model))
-        building.file(RunFolder.ENVIRONMENT).write_text(json_text(environment))
         analysis = write_analysis(building, result, arch, dataset, f"{experiment.name} (seed {experiment.seed})")
         metrics = Metrics.of(
             result,
@@ -75,10 +59,66 @@ def _write_run(folder, experiment, result, arch, dataset, environment, stack_siz
             stack_size=stack_size,
         )
         building.file(RunFolder.METRICS).write_text(json_text(metrics.to_json()))
-        _swap_into_place(building.path, folder.path)
-    finally:
-        shutil.rmtree(building.path, ignore_errors=True)
-    return metrics
+        return metrics
+
+    return _built(folder, fill)
+
+
+def write_pruned(
+    folder: RunFolder,
+    experiment: Experiment,
+    result: RunResult,
+    arch: Architecture,
+    dataset: Dataset,
+    environment: dict,
+    pruner: str,
+) -> PrunedRun:
+    """The folder of a run that a search's pruner stopped: what it trained, and why it stopped."""
+    pruned = PrunedRun(
+        preset=experiment.name,
+        seed=experiment.seed,
+        dataset=dataset.name,
+        epoch=result.phase1.epochs,
+        reason=result.phase1.pruned or "",
+        pruner=pruner,
+        scores={split: result.scores[split] for split in PRUNED_SPLITS},
+        wall_seconds=result.seconds,
+    )
+
+    def fill(building: RunFolder) -> PrunedRun:
+        _described_run(building, experiment, result, arch, environment)
+        building.file(RunFolder.PRUNED).write_text(json_text(pruned.to_json()))
+        return pruned
+
+    return _built(folder, fill)
+
+
+def _described_run(building: RunFolder, experiment: Experiment, result: RunResult, arch, environment) -> None:
+    """The files every run folder has: whose it is, its config, history, model summary and environment."""
+    config = to_toml(experiment)
+    building.file(RunFolder.MARKER).write_text(ownership.marker("run", config))
+    building.file(RunFolder.CONFIG).write_text(config)
+    building.file(RunFolder.HISTORY).write_text(History.of(result).to_csv())
+    building.file(RunFolder.SUMMARY).write_text(summary(arch, experiment.hyperparameters))
+    building.file(RunFolder.ENVIRONMENT).write_text(json_text(environment))
+
+
+def _built(folder: RunFolder, fill):
+    """`fill(building)` on a fresh folder beside `folder`, renamed into place when it returns."""
+    try:
+        folder.path.parent.mkdir(parents=True, exist_ok=True)
+        building = RunFolder(temporary_sibling(folder.path, "building"))
+        building.path.mkdir()
+        try:
+            written = fill(building)
+            _swap_into_place(building.path, folder.path)
+        finally:
+            shutil.rmtree(building.path, ignore_errors=True)
+        return written
+    except OSError as exc:
+        raise MnistlabError(f"{folder.path}: could not write the run ({exc.strerror or exc})") from None
+    except ValueError as exc:  # a number that is not finite: no file that cannot be read back
+        raise MnistlabError(f"{folder.path}: not written: {exc}") from None
 
 
 def write_analysis(folder: RunFolder, result: RunResult, arch: Architecture, dataset: Dataset, title: str) -> Analysis:

@@ -30,10 +30,17 @@ class Engine:
     # float32 one (on CPU, oneDNN reorders the weights each call, and AMX also sets up its tiles), so the
     # calibration measures it (`train.calibration`).
     bf16_min_macs: int | None = EMULATED_BF16_MIN_MACS
+    # What compiling a step costs here (the calibration's): a stack that could shed pruned rows weighs it.
+    compile_seconds: float = 30.0
 
     @classmethod
     def create(
-        cls, device: str = "auto", precision: str = "auto", compile: bool = True, bf16_min_macs: int | None = None
+        cls,
+        device: str = "auto",
+        precision: str = "auto",
+        compile: bool = True,
+        bf16_min_macs: int | None = None,
+        compile_seconds: float = 30.0,
     ) -> "Engine":
         """An engine for this machine: `auto` takes CUDA where PyTorch sees it, and bf16 where the device
         multiplies it natively, in the layers of at least `bf16_min_macs` (the calibration's)."""
@@ -45,7 +52,7 @@ class Engine:
             raise MnistlabError("device cuda: PyTorch sees no CUDA device here")
         chosen = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
         least = bf16_min_macs if bf16_hardware(chosen) else EMULATED_BF16_MIN_MACS
-        return cls(chosen, compile, resolve_precision(precision, chosen), least)
+        return cls(chosen, compile, resolve_precision(precision, chosen), least, compile_seconds)
 
     def bf16_layers(self, shapes: list[tuple[int, int]], batch_rows: int) -> tuple[int, ...]:
         """The layers (of these (inputs, outputs) shapes) whose matmuls run in bf16 for a model trained on

@@ -6,7 +6,9 @@ stopping, a moving average of its weights, image distortions) and its own random
 weights, data order, dropout masks, distortions); a member that is done is frozen (its updates are
 multiplied by zero) while the others go on. A member whose training is the first epochs of another's
 (`spec.leaders`: the early-stopping run of a model also trained whole) is no row of the stack: it reads
-its numbers and weights off that member's row until it ends. What no member asks for is left out of
+its numbers and weights off that member's row until it ends. A search's pruner (`judge`) may stop
+members between epochs; the stack then sheds their rows and trains on without them, where that saves
+more than a new compiled step costs. What no member asks for is left out of
 the compiled step, so the lab's presets train exactly as they did before these existed. Data stays on
 the device as tensors indexed by a per-epoch permutation: no DataLoader, and no host sync inside an
 epoch unless a progress bar asks for live numbers.
@@ -14,7 +16,8 @@ epoch unless a progress bar asks for live numbers.
 
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from functools import partial
 from itertools import chain
 from typing import NamedTuple
@@ -38,12 +41,17 @@ from mnistlab.train.augment import distort, strengths
 from mnistlab.train.engine import Engine, flush_denormals
 from mnistlab.train.progress import EpochCount, ProgressBars
 from mnistlab.train.schedule import Schedule
-from mnistlab.train.steps import compile_step
+from mnistlab.train.steps import compile_step, readiness
 from mnistlab.train.tracker import Tracker
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPSILON = 1e-7  # Keras' default; PyTorch's is 1e-8
 FULL_BATCH_ROWS = 8192  # rows x members per chunk of a full batch: activations the allocator reuses
+LOAD_SHARE = 0.15  # loading a stored step, as a share of compiling it (about 4 s of 18-30: stored_steps)
+
+Judge = Callable[[int, dict[int, float]], dict[int, str]]
+"""After an epoch, the running members' validation losses (member -> loss) -> the members to stop now,
+each with the reason: a search's pruner (`studies.pruning`)."""
 
 
 def seed_for(seed: int, stream: str) -> int:
@@ -112,6 +120,22 @@ class StackState:
             reg=reg,
             **extra,
         )
+
+    def rows(self, index: torch.Tensor) -> "StackState":
+        """The state of the members at `index` alone, as if they had always trained without the others: a
+        member's numbers never depend on its neighbours (its random streams are its own), only the step
+        count and Adam's bias correction are shared, and those every member has in common."""
+
+        def take(value):
+            if value is None or value is self.beta_powers or value is self.step:
+                return value
+            if isinstance(value, list):
+                return [(kernel[index], bias[index]) for kernel, bias in value]
+            if isinstance(value, Regularization):
+                return Regularization(*(getattr(value, f.name)[index] for f in fields(value)))
+            return value[index]
+
+        return StackState(**{f.name: take(getattr(self, f.name)) for f in fields(self)})
 
     @property
     def params(self) -> torch.Tensor:
@@ -209,9 +233,11 @@ def fit(
     engine: Engine,
     progress: ProgressBars | None = None,
     count: EpochCount | None = None,
+    judge: Judge | None = None,
 ) -> list[Fit]:
     """Train a stack of members, each with its own random streams, on `train`, evaluating `evaluation`
-    every epoch, telling `count` the epochs done and left after each. batch_size None: full batch."""
+    every epoch, telling `count` the epochs done and left after each, and `judge` (if any) the validation
+    losses, which may stop members. batch_size None: full batch."""
     if engine.device.type == "cpu":
         flush_denormals()
     leader = leaders(members, streams)
@@ -228,9 +254,18 @@ def fit(
             # The epoch's one host sync.
             numbers = EpochNumbers(*torch.stack([train_loss, train_acc, eval_loss, eval_acc]).tolist())
             bar.finish(numbers, tracker.running_rows)
-        tracker.end_epoch(epoch, numbers, time.perf_counter() - start, params, stack.state.active)
+        seconds = time.perf_counter() - start
+        tracker.end_epoch(epoch, numbers, seconds, params, stack.state.active)
+        tracker.computed(steps)
+        if judge is not None and tracker.running:
+            losses = {member: numbers.eval_loss[tracker.rows[member]] for member in tracker.running}
+            for member, reason in judge(epoch, losses).items():
+                tracker.prune(member, reason, params)
+            tracker.freeze(stack.state.active)
+            if tracker.running and (kept := stack.shed(tracker.running_rows, seconds, max(tracker.counts()[1]))):
+                tracker.renumber(kept)
         if count is not None:
-            count.tell(*tracker.counts())
+            count.tell(*tracker.counts(), frozenset(m for m, why in enumerate(tracker.pruned) if why))
         if not tracker.running:
             break
     return tracker.fits()
@@ -241,6 +276,7 @@ class Lockstep:
 
     def __init__(self, arch, members: list[Hyperparameters], streams: list[Streams], train, batch_size, engine):
         device = engine.device
+        self.arch, self.engine, self.members = arch, engine, members
         self.x, self.y = train
         self.batch_size = min(batch_size or len(self.y), len(self.y))
         params = init_params(arch, [s.init for s in streams], device)
@@ -252,15 +288,60 @@ class Lockstep:
         self.state = StackState.start(arch, params, keys, self.learning_rate.clone(), reg, **extras)
         self.shufflers = [torch.Generator().manual_seed(s.shuffle) for s in streams]
         self.schedule = Schedule(members, math.ceil(len(self.y) / self.batch_size))
-        bound = {
-            "arch": arch,
-            "work": self.work,
-            "dropout_members": reg.dropout_members(),
-            "bf16_layers": engine.bf16_layers(arch.shapes, self.batch_size),
-        }
         self.full_batch = self.batch_size == len(self.y)
-        self.eager = partial(chunk_grads if self.full_batch else train_step, **bound)
-        self.compiled = compile_step(self.eager) if engine.compile else self.eager
+        self._bind_steps()
+
+    def _bind_steps(self) -> None:
+        """The eager step and the compiled one (or the eager one again), for the stack as it is now."""
+        self.eager = self._step(self.state)
+        self.compiled = compile_step(self.eager) if self.engine.compile else self.eager
+
+    def _step(self, state: StackState):
+        bound = {
+            "arch": self.arch,
+            "work": self.work,  # what the stack began with: a shed member's work costs only a branch
+            "dropout_members": state.reg.dropout_members(),
+            "bf16_layers": self.engine.bf16_layers(self.arch.shapes, self.batch_size),
+        }
+        return partial(chunk_grads if self.full_batch else train_step, **bound)
+
+    def shed(self, running: list[int], epoch_seconds: float, epochs_left: int) -> list[int] | None:
+        """Re-pack the stack around its running rows where that pays, and return the rows it kept, in their
+        new order (None: it kept them all). It keeps a power of two of rows, padded with frozen ones, so a
+        search meets few step shapes, each compiled once and stored; it sheds where the work of the others
+        over the epochs left outweighs what the new step costs: nothing for an eager stack or a step this
+        process has, a load for a stored one, half a compile (it is stored for the next) for a new one."""
+        members = len(self.state.keys)
+        # At least two rows: a one-row step splits its sums among threads otherwise, and would change the
+        # bits of a member that a stack of any other size leaves as they are.
+        size = max(2, 1 << (len(running) - 1).bit_length())
+        if size >= members:
+            return None
+        kept = sorted([*running, *[row for row in range(members) if row not in running][: size - len(running)]])
+        saved = epoch_seconds * (1 - size / members) * epochs_left
+        if saved <= self._new_step_seconds(kept):
+            return None
+        index = torch.tensor(kept, device=self.state.keys.device)
+        self.state = self.state.rows(index)
+        self.learning_rate = self.learning_rate[index]
+        self.members = [self.members[i] for i in kept]
+        self.shufflers = [self.shufflers[i] for i in kept]
+        self.schedule = self.schedule.rows(kept)
+        self._bind_steps()
+        return kept
+
+    def _new_step_seconds(self, kept: list[int]) -> float:
+        if not self.engine.compile:
+            return 0.0
+        if self.full_batch:
+            return self.engine.compile_seconds / 2
+        state = self.state.rows(torch.tensor(kept, device=self.state.keys.device))
+        batch = torch.zeros((len(kept), self.batch_size), dtype=torch.int64, device=self.x.device)
+        totals = Totals(*(torch.zeros(len(kept), device=self.x.device) for _ in range(2)))
+        found = readiness(self._step(state), (state, self.x, self.y, batch, totals))
+        return {"kept": 0.0, "stored": LOAD_SHARE * self.engine.compile_seconds}.get(
+            found, self.engine.compile_seconds / 2
+        )
 
     def train_epoch(self, bar) -> tuple[torch.Tensor, torch.Tensor]:
         """One epoch for every member; (M,) running training loss and accuracy, on the device."""

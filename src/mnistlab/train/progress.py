@@ -33,24 +33,28 @@ ProgressBars.OFF = ProgressBars(enabled=False)
 class EpochCount:
     """The epochs a stack's models have trained, and the epochs they are still planned to train, over
     both phases of the protocol: phase 2 trains each model for as many epochs as its phase 1 ran, so
-    what early stopping cuts from phase 1 comes off phase 2's plan too."""
+    what early stopping cuts from phase 1 comes off phase 2's plan too, and a pruned model has none."""
 
     def __init__(self, budgets: list[int], report: Report | None):
         self.budgets, self.report = budgets, report
         self.phase1: list[int] | None = None  # epochs each model trained in phase 1, once it ended
+        self.phase2: list[int] = []  # epochs each model retrains in phase 2
 
-    def tell(self, done: list[int], left: list[int]) -> None:
-        """After an epoch of the current phase: per model, the epochs done in it and the epochs it has left."""
+    def tell(self, done: list[int], left: list[int], pruned: frozenset[int] = frozenset()) -> None:
+        """After an epoch of the current phase: per model, the epochs done in it and the epochs it has left,
+        and in phase 1 the models that were pruned (they retrain nothing)."""
         if self.report is None:
             return
         if self.phase1 is None:
             ahead = [d + rest for d, rest in zip(done, left, strict=True)]
-            self.report(sum(done), 2 * sum(ahead))
+            again = sum(a for member, a in enumerate(ahead) if member not in pruned)
+            self.report(sum(done), sum(ahead) + again)
         else:
-            self.report(sum(self.phase1) + sum(done), 2 * sum(self.phase1))
+            self.report(sum(self.phase1) + sum(done), sum(self.phase1) + sum(self.phase2))
 
-    def end_phase1(self, epochs: list[int]) -> None:
-        self.phase1 = epochs
+    def end_phase1(self, trained: list[int], retrained: list[int]) -> None:
+        """Phase 1 ended with these epochs per model; phase 2 retrains these (per model that goes on)."""
+        self.phase1, self.phase2 = trained, retrained
 
 
 class _EpochBar:

@@ -3,7 +3,8 @@
 Phase 1 trains on the `train` split and evaluates `validation` after every epoch (Keras'
 `validation_split`). Phase 2 trains fresh models on the `full` training set for as many epochs as
 phase 1 ran (its stopping epoch when early stopping ended it) and evaluates `test`. The numbers a run
-reports are clean evaluations, as Keras' `evaluate` gives them: dropout off, penalty included.
+reports are clean evaluations, as Keras' `evaluate` gives them: dropout off, penalty included. A member
+that a search's pruner stopped in phase 1 has no phase 2: its validation score is all it reports.
 """
 
 import math
@@ -17,7 +18,7 @@ from mnistlab.nn.mlp import Regularization, eval_chunk_rows, evaluate
 from mnistlab.records import Fit, RunResult, Score
 from mnistlab.spec import Architecture, Hyperparameters
 from mnistlab.train.engine import Engine, check_memory
-from mnistlab.train.fit import Streams, fit, full_batch_chunk_rows, seed_for
+from mnistlab.train.fit import Judge, Streams, fit, full_batch_chunk_rows, seed_for
 from mnistlab.train.progress import EpochCount, ProgressBars
 
 
@@ -50,8 +51,9 @@ def train_protocol(
     batch_size: int | None,
     engine: Engine,
     progress: ProgressBars | None = None,
+    judge: Judge | None = None,
 ) -> list[RunResult]:
-    """Both phases for a stack of members (see the module's docstring)."""
+    """Both phases for a stack of members (see the module's docstring); `judge` may stop members in phase 1."""
     progress = progress or ProgressBars.OFF
     step_rows = min(batch_size, len(splits.full[1])) if batch_size else full_batch_chunk_rows(len(members))
     check_memory(arch, len(members), step_rows, eval_chunk_rows(arch, len(members)), engine.device)
@@ -60,29 +62,31 @@ def train_protocol(
 
     count = EpochCount([m.epochs for m in members], progress.report)
 
-    def phase(number: int, members: list[Hyperparameters], train, evaluation) -> list[Fit]:
+    def phase(number: int, members: list[Hyperparameters], train, evaluation, judge=None) -> list[Fit]:
         seeds = [streams(m, number) for m in members]
         bars = progress.within(f"phase {number}")
-        return fit(arch, members, seeds, train, evaluation, batch_size, engine, bars, count)
+        return fit(arch, members, seeds, train, evaluation, batch_size, engine, bars, count, judge)
 
-    phase1 = phase(1, members, splits.train, splits.validation)
-    count.end_phase1([f.epochs for f in phase1])
+    phase1 = phase(1, members, splits.train, splits.validation, judge)
+    going_on = [member for member, f in enumerate(phase1) if f.pruned is None]
+    count.end_phase1([f.epochs for f in phase1], [phase1[member].epochs for member in going_on])
+    retrain = [replace(members[i], epochs=phase1[i].epochs, early_stopping=None) for i in going_on]
+    phase2 = dict(zip(going_on, phase(2, retrain, splits.full, splits.test) if retrain else [], strict=True))
+
     stack1 = torch.stack([f.params for f in phase1])
-    retrain = [replace(m, epochs=f.epochs, early_stopping=None) for m, f in zip(members, phase1, strict=True)]
-    phase2 = phase(2, retrain, splits.full, splits.test)
-    stack2 = torch.stack([f.params for f in phase2])
-
-    clean = {
-        split: evaluate(stack1 if split in ("train", "validation") else stack2, arch, reg, *getattr(splits, split))
-        for split in SPLITS
-    }
+    clean = {split: evaluate(stack1, arch, reg, *getattr(splits, split)) for split in ("train", "validation")}
+    if phase2:
+        stack2 = torch.stack([f.params for f in phase2.values()])
+        reg2 = Regularization.of(arch, retrain, engine.device)
+        on_full = {split: evaluate(stack2, arch, reg2, *getattr(splits, split)) for split in ("full", "test")}
     seconds = time.perf_counter() - start
-    return [
-        RunResult(
-            first,
-            second,
-            {split: Score(loss[member].item(), accuracy[member].item()) for split, (loss, accuracy) in clean.items()},
-            seconds,
-        )
-        for member, (first, second) in enumerate(zip(phase1, phase2, strict=True))
-    ]
+    results = []
+    for member, first in enumerate(phase1):
+        scores = {split: Score(clean[split][0][member].item(), clean[split][1][member].item()) for split in clean}
+        if member in phase2:
+            row = going_on.index(member)
+            scores |= {
+                split: Score(loss[row].item(), accuracy[row].item()) for split, (loss, accuracy) in on_full.items()
+            }
+        results.append(RunResult(first, phase2.get(member), {s: scores[s] for s in SPLITS if s in scores}, seconds))
+    return results

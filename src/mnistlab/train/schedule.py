@@ -15,6 +15,12 @@ class Schedule:
         self.on = any(m.schedule != "constant" or m.warmup_epochs for m in members)
         self.epoch = 0
 
+    def rows(self, kept: list[int]) -> "Schedule":
+        """The schedule of these members alone, where this one is now."""
+        schedule = Schedule([self.members[i] for i in kept], self.steps_per_epoch)
+        schedule.on, schedule.epoch = self.on, self.epoch
+        return schedule
+
     def epoch_rates(self, base: torch.Tensor) -> torch.Tensor:
         """(steps, M) the rates of the next epoch's steps, on base's device."""
         steps = self.epoch * self.steps_per_epoch + np.arange(self.steps_per_epoch)

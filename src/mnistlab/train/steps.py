@@ -54,6 +54,16 @@ class CompiledStep:
         return self.compiled(state, x, y, *rest)
 
 
+def readiness(step_fn, args: tuple) -> str:
+    """What a compiled step for these arguments would take now: "kept" (compiled in this process),
+    "stored" (to load from disk), or "compile"."""
+    signature = _signature(step_fn, args)
+    if signature in _COMPILED:
+        return "kept"
+    name = None if compiler.caches_disabled() else stored_steps.digest(signature, args[1].device)
+    return "stored" if name and compiler.ahead_of_time() and stored_steps.has(name) else "compile"
+
+
 def _shapes(x, y, rest) -> tuple:
     """What a call may not change: the data's width and dtypes, and every other argument's shape."""
     return (x.dtype, tuple(x.shape[1:])), (y.dtype, tuple(y.shape[1:])), *(_shape(r) for r in rest)

@@ -52,6 +52,11 @@ def digest(signature: tuple, device: torch.device) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
 
 
+def has(name: str) -> bool:
+    """Whether a step `name` is stored (it may still fail to load)."""
+    return (folder() / f"{name}{SUFFIX}").is_file()
+
+
 def load(name: str, f_globals: dict):
     """The stored step `name`, ready to call, or None (not stored, not safe to trust, or not loadable)."""
     path = folder() / f"{name}{SUFFIX}"

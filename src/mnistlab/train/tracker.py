@@ -1,5 +1,5 @@
 """Per-member bookkeeping of a stack between epochs: histories, epoch budgets, Keras' early stopping,
-best weights, and members whose loss stopped being a number."""
+best weights, members whose loss stopped being a number, and members a search's pruner stopped."""
 
 import math
 
@@ -43,6 +43,8 @@ class Tracker:
         self.histories: list[list[Epoch]] = [[] for _ in members]
         self.stopped = [False] * len(members)
         self.diverged = [False] * len(members)
+        self.pruned: list[str | None] = [None] * len(members)
+        self.row_steps = [0] * len(members)
         self.running = list(range(len(members)))
         self.last_epoch = max(m.epochs for m in members)
 
@@ -72,8 +74,29 @@ class Tracker:
                 self.running.remove(member)
                 kept = self.best_params[member] if self.restoring[member] else params[row]
                 self.final_params[member] = kept.clone()
-        for row in set(self.rows) - set(self.running_rows):
+        self.freeze(active)
+
+    def freeze(self, active) -> None:
+        """Zero the updates of every row of the stack that no running member reads."""
+        for row in set(self.rows) - set(self.running_rows) - {None}:
             active[row] = 0.0
+
+    def prune(self, member: int, reason: str, params) -> None:
+        """Stop a running member for good after the epoch just ended, keeping its weights as they are."""
+        self.running.remove(member)
+        self.pruned[member] = reason
+        self.final_params[member] = params[self.rows[member]].clone()
+
+    def computed(self, steps: int) -> None:
+        """Count `steps` steps of every row the stack holds against the members that own one."""
+        for member, row in enumerate(self.rows):
+            if row is not None and self.rows.index(row) == member:
+                self.row_steps[member] += steps
+
+    def renumber(self, kept: list[int]) -> None:
+        """The stack kept only these rows, in this order: members that read another row are done."""
+        position = {row: index for index, row in enumerate(kept)}
+        self.rows = [position.get(row) for row in self.rows]
 
     def counts(self) -> tuple[list[int], list[int]]:
         """Per member, the epochs trained so far, and those its budget has left (none once it is done)."""
@@ -91,6 +114,8 @@ class Tracker:
                 stopped_early=self.stopped[member],
                 restored_best=self.restoring[member],
                 diverged=self.diverged[member],
+                pruned=self.pruned[member],
+                row_steps=self.row_steps[member],
             )
             for member, stopper in enumerate(self.stoppers)
         ]
