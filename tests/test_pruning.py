@@ -14,6 +14,7 @@ import torch
 
 from mnistlab.cli import main
 from mnistlab.evaluation import search
+from mnistlab.results import SweepResults
 from mnistlab.spec import Architecture
 from mnistlab.spec import Hyperparameters as Member
 from mnistlab.train.engine import Engine
@@ -148,6 +149,11 @@ def test_a_pruned_search_writes_why_and_repeats_itself(tmp_path, data_env, capsy
     trials_pruned = len({row["point"] for row in pruned})
     assert f"stopped {trials_pruned} of the 8 points trained" in html
     assert "parallel coordinates" in html
+    # 8 points, most of them pruned: importance falls back to every point's loss at the first epoch all reached
+    first = min(int(row["epochs"]) for row in rows)
+    assert f"every point's mean validation loss after epoch {first}, which all of them reached" in html
+    shares = dict(SweepResults(out).importance())
+    assert set(shares) == {"train.learning_rate", "model.l2"} and sum(shares.values()) == pytest.approx(1.0)
 
     again = tmp_path / "again"
     assert main(["sweep", str(path), "--seeds", "2", "--out", str(again), *FAST]) == 0

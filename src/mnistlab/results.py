@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 
 from mnistlab.data import SPLITS
 from mnistlab.errors import MnistlabError
-from mnistlab.evaluation import figures, search
+from mnistlab.evaluation import figures
 from mnistlab.extras import require
 from mnistlab.reporting import lab, sweep_section
 from mnistlab.reporting.experiments import ExperimentRuns, discover
@@ -248,13 +248,17 @@ class SweepResults:
         return sweep_section.figure(sweep_section.summarise_points(self.folder))
 
     def importance(self) -> list[tuple[str, float]]:
-        """Each parameter that varied, with its share of the variance of validation loss over the completed
-        points (fANOVA, as the report computes it), largest first."""
+        """Each parameter that varied, with its share of the variance of validation loss, largest first, as
+        the report computes it (fANOVA over the completed points; in a pruned search with too few of them,
+        over every point's loss at the first epoch all reached)."""
         summary = sweep_section.summarise_points(self.folder)
-        parameters = summary.varying()
-        if not parameters or len(summary.points) < 2:
-            raise MnistlabError(f"{self.folder}: importance needs a parameter that varied and two completed points")
-        return search.importance(parameters, summary.trials())
+        found = sweep_section.importance(self.folder, summary) if summary.varying() else None
+        if found is None:
+            raise MnistlabError(
+                f"{self.folder}: importance needs a parameter that varied and "
+                f"{sweep_section.MIN_IMPORTANCE_TRIALS} completed points (or points a pruner stopped)"
+            )
+        return found.shares
 
     def _repr_html_(self) -> str:
         summary = sweep_section.summarise_points(self.folder)

@@ -18,9 +18,9 @@ from matplotlib.figure import Figure
 
 CAVEATS = (
     "It describes the space that was searched, not what a parameter would do outside it. It is fitted to "
-    "{trials} completed trials, a rough guide with that few (a rule of thumb asks for ten or more per "
-    "parameter); the sampler drew more trials near the good ones, so the space is not evenly covered; pruned "
-    "trials are left out, and what parameters do together is folded into their shares."
+    "{trials} trials, a rough guide with that few (a rule of thumb asks for ten or more per parameter); the "
+    "sampler drew more trials near the good ones, so the space is not evenly covered; and what parameters do "
+    "together is folded into their shares."
 )
 TOP_SHARE = 0.1  # the parallel coordinates highlight the best tenth of the completed trials
 LOG_SPAN = 20  # a parameter whose values span this factor or more gets a log axis, as the sweep curve does
@@ -81,8 +81,8 @@ def _plain(value):
 
 
 def importance(parameters: list[Parameter], trials: list[SearchTrial], seed: int = 0) -> list[tuple[str, float]]:
-    """(config key, share of the variance of validation loss), largest first, by fANOVA over the completed
-    trials; their shares sum to 1."""
+    """(config key, share of the variance of validation loss), largest first, by fANOVA over the trials
+    not pruned; their shares sum to 1."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -21,6 +21,7 @@ from mnistlab.evaluation import figures, search
 from mnistlab.evaluation.statistics import Summary, summarise
 from mnistlab.reporting.document import Heading, Image, Paragraph, Table
 from mnistlab.studies import ownership
+from mnistlab.studies.folder import RunFolder
 from mnistlab.studies.sweep_folder import RECORD, read_rows
 
 
@@ -230,7 +231,7 @@ def section(folder: Path, figure_path: Path) -> list:
     keys = [key for axis in record["axes"] for key in axis]
     figures.save(figure(summary), figure_path)
     if summary.is_search and len(summary.varying()) >= 2:
-        blocks += _search_blocks(summary, figure_path)
+        blocks += _search_blocks(folder, summary, figure_path)
     elif len(record["axes"]) == 2:
         best = min(points, key=lambda p: p.validation_loss.mean)
         settings = ", ".join(f"{k.rpartition('.')[2]} = {_show(x_value(best.settings[k]))}" for k in keys)
@@ -272,9 +273,9 @@ def _pruned_blocks(summary: SweepSummary) -> list:
     ]
 
 
-def _search_blocks(summary: SweepSummary, figure_path: Path) -> list:
-    """A search's parallel coordinates and, with enough completed trials, its parameters' importance."""
-    parameters, name = summary.varying(), summary.record["name"]
+def _search_blocks(folder: Path, summary: SweepSummary, figure_path: Path) -> list:
+    """A search's parallel coordinates and, with enough trials (`importance`), its parameters' importance."""
+    name = summary.record["name"]
     blocks = [
         Image(figure_path, f"parallel coordinates, {name}"),
         Paragraph(
@@ -283,25 +284,62 @@ def _search_blocks(summary: SweepSummary, figure_path: Path) -> list:
             "the completed points is bold, coloured from the best (dark) on."
         ),
     ]
-    completed = len(summary.points)
-    if completed < MIN_IMPORTANCE_TRIALS:
+    found = importance(folder, summary)
+    if found is None:
         return [
             *blocks,
             Paragraph(
                 f"Parameter importance needs at least {MIN_IMPORTANCE_TRIALS} completed points; this search has "
-                f"{completed}."
+                f"{len(summary.points)}."
             ),
         ]
-    shares = search.importance(parameters, summary.trials())
+    fitted, early = "the completed points' validation loss (pruned points are left out)", ""
+    if found.epoch is not None:
+        fitted = f"every point's mean validation loss after epoch {found.epoch}, which all of them reached"
+        early = (
+            f"Only {len(summary.points)} points completed, too few for their final loss: this says what mattered "
+            "early, which need not be what does best in the end. "
+        )
     method = (
         "Parameter importance by fANOVA (Optuna's FanovaImportanceEvaluator, seed 0): a random forest fitted to "
-        "the completed points' validation loss, whose variance it splits among the parameters. "
+        f"{fitted}, whose variance it splits among the parameters. {early}"
     )
-    table = Table(["parameter", "share of the variance of validation loss"], [[k, f"{v:.0%}"] for k, v in shares])
-    return [*blocks, Paragraph(method + search.CAVEATS.format(trials=completed)), table]
+    rows = [[key, f"{share:.0%}"] for key, share in found.shares]
+    table = Table(["parameter", "share of the variance of validation loss"], rows)
+    return [*blocks, Paragraph(method + search.CAVEATS.format(trials=found.trials)), table]
 
 
 MIN_IMPORTANCE_TRIALS = 8
+
+
+@dataclass(frozen=True)
+class Importance:
+    """Each parameter's share of the variance of validation loss, and what it was fitted to."""
+
+    shares: list[tuple[str, float]]  # (config key, share), largest first
+    trials: int
+    epoch: int | None  # None: the completed points' final loss; else every point's loss after that epoch
+
+
+def importance(folder: Path, summary: SweepSummary) -> Importance | None:
+    """fANOVA over the completed points, with MIN_IMPORTANCE_TRIALS of them; else, in a pruned search,
+    over every point at the first epoch all of them reached (its pruner's first rung); else None."""
+    parameters = summary.varying()
+    if len(summary.points) >= MIN_IMPORTANCE_TRIALS:
+        return Importance(search.importance(parameters, summary.trials()), len(summary.points), None)
+    points = [*((p.label, p.settings) for p in summary.points), *((p.label, p.settings) for p in summary.pruned)]
+    if not summary.pruned or len(points) < MIN_IMPORTANCE_TRIALS:
+        return None
+    histories = {}
+    for label, _ in points:
+        point = RunFolder(folder / label)
+        histories[label] = [run.read_history().phase1 for run in point.seeds(pruned=True) or [point]]
+    epoch = min(len(history) for seeds in histories.values() for history in seeds)
+    trials = []
+    for label, settings in points:
+        seeds = histories[label]
+        trials.append(search.SearchTrial(settings, sum(h[epoch - 1].eval_loss for h in seeds) / len(seeds), False))
+    return Importance(search.importance(parameters, trials), len(trials), epoch)
 
 
 def figure(summary: SweepSummary):
