@@ -218,3 +218,12 @@ def test_the_curve_is_read_for_bias_variance_and_seed_noise():
     assert "at 0.01 training loss is well above" in said and "high bias" in said
     assert "at 1e-06 validation loss exceeds training loss" in said
     assert "The report's values: 1e-05: validation loss 0.1020, above the best; 0.01: high bias." in said
+
+
+def test_a_curve_of_short_runs_whose_validation_is_below_training_has_no_high_variance():
+    from mnistlab.reporting.sweep_section import read_curve
+
+    # Two epochs of a sweep, one seed: validation loss a little under training loss at every point.
+    points = [_point(1e-6, [0.190], [0.186]), _point(1e-5, [0.195], [0.189]), _point(1e-4, [0.240], [0.236])]
+    reading = read_curve(points)
+    assert reading.best is points[0] and reading.high_variance == []

@@ -8,8 +8,8 @@ is each point's 95% interval of mean validation loss: points whose interval over
 "within seed noise" of it. A point has high bias where its training loss is more than a quarter above
 the best point's validation loss (it fits the training set clearly worse than the best model
 generalises), and high variance where
-its validation loss exceeds its training loss by more than twice the best point's gap and lies above the
-best's interval.
+its validation loss exceeds its training loss, by more than twice the best point's gap, and lies above
+the best's interval.
 """
 
 import json
@@ -136,7 +136,9 @@ def read_curve(points: list[PointSummary]) -> Reading:
     low, high = best.interval()
     within = [p for p in points if p.interval()[0] <= high and p.interval()[1] >= low]
     bias = [p for p in points if p.train_loss.mean > 1.25 * best.validation_loss.mean]
-    variance = [p for p in points if p.gap > 2 * best.gap and p.interval()[0] > high and p not in bias]
+    # A point below its training loss on validation (short runs, dropout) is no case of high variance,
+    # however the best point's gap compares.
+    variance = [p for p in points if p.gap > max(0.0, 2 * best.gap) and p.interval()[0] > high and p not in bias]
     return Reading(best, within, bias, variance)
 
 
