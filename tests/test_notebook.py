@@ -5,7 +5,6 @@ example notebook run whole."""
 import html.parser
 import inspect
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -168,14 +167,14 @@ assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_the_example_notebook_runs_whole(tmp_path, mnist_dir):
+def test_the_example_notebook_runs_whole(tmp_path, data_env):
     """examples/lab.ipynb, executed in a fresh kernel in an empty folder; any error in a cell fails."""
     nbformat = pytest.importorskip("nbformat")
     from nbclient import NotebookClient
 
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")  # kept clean
-    os.environ.setdefault("MNISTLAB_DATA", str(mnist_dir))
+    # data_env: the data's absolute path, as the kernel runs in tmp_path (the README's is relative)
     client = NotebookClient(
         notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     )
