@@ -105,15 +105,15 @@ def test_a_stack_sheds_to_a_power_of_two_only_where_it_pays():
     assert shed.members == [MEMBERS[0], MEMBERS[2]] and shed.state.reg.l1.tolist() == pytest.approx([0, 1e-4])
 
 
-def _search_file(folder: Path, storage: str = "") -> Path:
+def _search_file(folder: Path, storage: str = "", trials: int = 8) -> Path:
     """A pruned search of the provided model's learning rate (over five decades: the slow end is pruned)
-    and L2 factor, 8 trials of 4 epochs."""
+    and L2 factor, `trials` trials of 4 epochs."""
     folder.mkdir(exist_ok=True)
     path = folder / "lr-search.toml"
     path.write_text(
         'description = "learning rate of the provided model"\nbase = "provided"\n'
         'set = ["train.epochs=4", "train.batch_size=1000"]\n'
-        f'[search]\nmethod = "optuna"\ntrials = 8\nseed = 3\npruner = "asha"\nreduction_factor = 2\n{storage}'
+        f'[search]\nmethod = "optuna"\ntrials = {trials}\nseed = 3\npruner = "asha"\nreduction_factor = 2\n{storage}'
         '[[axis]]\nkey = "train.learning_rate"\nlog_uniform = [1e-6, 1e-1]\n'
         '[[axis]]\nkey = "model.l2"\nlog_uniform = [1e-7, 1e-3]\n'
     )
@@ -192,10 +192,11 @@ execute.write_pruned = write_and_die
 
 def test_a_search_killed_between_a_trials_seeds_resumes_to_the_same_decisions(tmp_path, data_env):
     reference = tmp_path / "reference"
-    subprocess.run(_sweep_command(_search_file(tmp_path / "plain"), reference), check=True, stdout=subprocess.DEVNULL)
+    plain = _search_file(tmp_path / "plain", trials=4)
+    subprocess.run(_sweep_command(plain, reference), check=True, stdout=subprocess.DEVNULL)
 
     database = tmp_path / "search.db"
-    path = _search_file(tmp_path / "stored", storage=f'storage = "sqlite:///{database}"\n')
+    path = _search_file(tmp_path / "stored", storage=f'storage = "sqlite:///{database}"\n', trials=4)
     out = tmp_path / "killed"
     killed = subprocess.run(_sweep_command(path, out, dies=DIES_BETWEEN_SEEDS), stdout=subprocess.DEVNULL)
     assert killed.returncode == 137
@@ -211,7 +212,7 @@ def test_a_search_killed_between_a_trials_seeds_resumes_to_the_same_decisions(tm
 
     study = optuna.load_study(study_name="lr-search", storage=f"sqlite:///{database}")
     states = [t.state.name for t in study.trials]
-    assert states.count("COMPLETE") + states.count("PRUNED") == 8 and "RUNNING" not in states
+    assert states.count("COMPLETE") + states.count("PRUNED") == 4 and "RUNNING" not in states
     assert states.count("PRUNED") == len({r["point"] for r in _table(out) if r["pruned"] == "True"})
 
 
