@@ -16,6 +16,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import fmean
 
 from mnistlab.evaluation import figures, search
 from mnistlab.evaluation.statistics import Summary, summarise
@@ -329,18 +330,15 @@ def importance(folder: Path, summary: SweepSummary) -> Importance | None:
     parameters = summary.varying()
     if len(summary.points) >= MIN_IMPORTANCE_TRIALS:
         return Importance(search.importance(parameters, summary.trials()), len(summary.points), None)
-    points = [*((p.label, p.settings) for p in summary.points), *((p.label, p.settings) for p in summary.pruned)]
+    points = [*summary.points, *summary.pruned]
     if not summary.pruned or len(points) < MIN_IMPORTANCE_TRIALS:
         return None
-    histories = {}
-    for label, _ in points:
-        point = RunFolder(folder / label)
-        histories[label] = [run.read_history().phase1 for run in point.seeds(pruned=True) or [point]]
-    epoch = min(len(history) for seeds in histories.values() for history in seeds)
-    trials = []
-    for label, settings in points:
-        seeds = histories[label]
-        trials.append(search.SearchTrial(settings, sum(h[epoch - 1].eval_loss for h in seeds) / len(seeds), False))
+    histories = [[run.read_history().phase1 for run in RunFolder(folder / p.label).trained_runs()] for p in points]
+    epoch = min(len(history) for seeds in histories for history in seeds)
+    trials = [
+        search.SearchTrial(point.settings, fmean(history[epoch - 1].eval_loss for history in seeds), False)
+        for point, seeds in zip(points, histories, strict=True)
+    ]
     return Importance(search.importance(parameters, trials), len(trials), epoch)
 
 

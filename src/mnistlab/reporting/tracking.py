@@ -22,7 +22,6 @@ from pathlib import Path
 from mnistlab.data.catalog import SPLITS
 from mnistlab.errors import MnistlabError
 from mnistlab.extras import require
-from mnistlab.files import parse_toml
 from mnistlab.reporting import build
 from mnistlab.studies.folder import RunFolder
 from mnistlab.version import __version__
@@ -110,15 +109,9 @@ def _experiment(tracker) -> str:
 
 def _runs(out: Path) -> list[RunFolder]:
     """Every run folder below `out` (itself, its seeds, a study's or a sweep's runs), finished or pruned."""
-    top = RunFolder(out)
-    if top.is_finished or top.is_pruned:
-        return [top]
-    if seeds := top.seeds(pruned=True):
-        return seeds
-    found = []
-    for folder in (RunFolder(p) for p in sorted(out.iterdir()) if p.is_dir()):
-        found += folder.seeds(pruned=True) or ([folder] if folder.is_finished or folder.is_pruned else [])
-    return found
+    if found := RunFolder(out).trained_runs():
+        return found
+    return [run for p in sorted(out.iterdir()) if p.is_dir() for run in RunFolder(p).trained_runs()]
 
 
 def _identity(folder: RunFolder) -> str:
@@ -185,9 +178,7 @@ def _log_run(tracker, experiment: str, folder: RunFolder, parent: str | None, ou
     started = _milliseconds(environment.get("started"))
     run = tracker.create_run(experiment, start_time=started, tags=tags, run_name=f"{name} ({preset}, seed {seed})")
     run_id = run.info.run_id
-    params = [
-        Param(key, str(value)[:6000]) for key, value in _flat(parse_toml(folder.file(RunFolder.CONFIG).read_text()))
-    ]
+    params = [Param(key, str(value)[:6000]) for key, value in _flat(folder.read_config())]
     for start in range(0, len(params), 100):
         tracker.log_batch(run_id, params=params[start : start + 100])
     now = int(time.time() * 1000)

@@ -109,6 +109,10 @@ class RunFolder:
         ]
         return sorted(found, key=lambda f: int(f.path.name.removeprefix(self.SEED_PREFIX)))
 
+    def trained_runs(self) -> list["RunFolder"]:
+        """The runs this folder holds, finished or pruned: its seed-K runs, else itself if it is one."""
+        return self.seeds(pruned=True) or ([self] if self.is_finished or self.is_pruned else [])
+
     def read_metrics(self) -> Metrics:
         return Metrics.from_json(self._read_json(self.METRICS), str(self.file(self.METRICS)))
 

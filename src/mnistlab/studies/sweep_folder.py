@@ -93,7 +93,7 @@ def read_rows(out: Path) -> tuple[dict, list[SweepRow]]:
     rows = []
     for name, settings in points:
         folder = RunFolder(out / name)
-        for run in folder.seeds(pruned=True) or ([folder] if folder.is_finished or folder.is_pruned else []):
+        for run in folder.trained_runs():
             if run.is_pruned:
                 found = run.read_pruned()
                 scores = {s: (found.scores[s].loss, found.scores[s].accuracy) for s in found.scores}
@@ -148,8 +148,9 @@ def search(
 
     Every round draws with a sampler seeded by the search's seed and the trials told so far, so a round's
     draws depend on the search's history only: with a storage URL an interrupted search resumes where it
-    stopped, the trials of its unfinished round asked again with the same values (their runs already in
-    `out` are not trained again), and it makes the draws and decisions it would have made."""
+    stopped, the trials of its unfinished round asked again with the same values (a round with some runs
+    written trains again whole, writing only the others: `train` sees to it), and it makes the draws and
+    decisions it would have made."""
     require("an Optuna search", "optuna")
     import numpy as np
     import optuna

@@ -319,10 +319,11 @@ class Lockstep:
             return None
         kept = sorted([*running, *[row for row in range(members) if row not in running][: size - len(running)]])
         saved = epoch_seconds * (1 - size / members) * epochs_left
-        if saved <= self._new_step_seconds(kept):
-            return None
         index = torch.tensor(kept, device=self.state.keys.device)
-        self.state = self.state.rows(index)
+        state = self.state.rows(index)
+        if saved <= self._new_step_seconds(state):
+            return None
+        self.state = state
         self.learning_rate = self.learning_rate[index]
         self.members = [self.members[i] for i in kept]
         self.shufflers = [self.shufflers[i] for i in kept]
@@ -330,14 +331,16 @@ class Lockstep:
         self._bind_steps()
         return kept
 
-    def _new_step_seconds(self, kept: list[int]) -> float:
+    def _new_step_seconds(self, state: StackState) -> float:
+        """What a step for `state` (the kept rows) costs before it runs: nothing eager or kept, a load
+        where it is stored, half a compile where it is new."""
         if not self.engine.compile:
             return 0.0
         if self.full_batch:
             return self.engine.compile_seconds / 2
-        state = self.state.rows(torch.tensor(kept, device=self.state.keys.device))
-        batch = torch.zeros((len(kept), self.batch_size), dtype=torch.int64, device=self.x.device)
-        totals = Totals(*(torch.zeros(len(kept), device=self.x.device) for _ in range(2)))
+        rows = len(state.keys)
+        batch = torch.zeros((rows, self.batch_size), dtype=torch.int64, device=self.x.device)
+        totals = Totals(*(torch.zeros(rows, device=self.x.device) for _ in range(2)))
         found = readiness(self._step(state), (state, self.x, self.y, batch, totals))
         return {"kept": 0.0, "stored": LOAD_SHARE * self.engine.compile_seconds}.get(
             found, self.engine.compile_seconds / 2
